@@ -1,0 +1,28 @@
+"""One root for every error this package raises on purpose.
+
+Each message says what went wrong *and* what to do about it.
+"""
+
+
+class FraudError(Exception):
+    """Root of all bytewax-fraud errors."""
+
+
+class SettingsError(FraudError):
+    """A setting has an invalid value."""
+
+
+class ModelContractError(FraudError):
+    """An ONNX file does not follow the model contract."""
+
+
+class DeviceError(FraudError):
+    """The requested execution device cannot be used."""
+
+
+class StateError(FraudError):
+    """The state store is missing, damaged or belongs to another configuration."""
+
+
+class RecoveryError(StateError):
+    """State and recovery data do not match each other."""
