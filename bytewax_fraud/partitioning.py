@@ -11,6 +11,9 @@ from __future__ import annotations
 import functools
 import struct
 
+import numpy as np
+import numpy.typing as npt
+
 _M = 0x5BD1E995
 _MASK = 0xFFFFFFFF
 
@@ -119,3 +122,43 @@ def routing_key(partition: int) -> str:
 def partition_of_routing_key(key: str) -> int:
     """Inverse of `routing_key`."""
     return int(key[1:].split(".", 1)[0])
+
+
+def murmur2_many(data: npt.NDArray[np.uint8]) -> npt.NDArray[np.int32]:
+    """Kafka's murmur2 of many equal-length byte strings at once (rows of `data`), as int32.
+
+    Args:
+        data: [n, L] uint8, one byte string per row.
+
+    Returns:
+        [n] int32, equal to `murmur2(bytes(row))` for every row.
+    """
+    arr = np.ascontiguousarray(data, dtype=np.uint8)
+    if arr.ndim != 2:
+        raise ValueError(f"murmur2_many needs a 2-D [n, L] uint8 array, got shape {arr.shape}")
+    n, length = arr.shape
+    # uint64 holds the product of two 32-bit values exactly; mask back to 32 bits after each.
+    m = np.uint64(_M)
+    mask = np.uint64(_MASK)
+    h = np.full(n, (0x9747B28C ^ length) & _MASK, dtype=np.uint64)
+    n4 = length // 4
+    if n4:
+        words = arr[:, : n4 * 4].copy().view("<u4").astype(np.uint64)
+        for j in range(n4):
+            k = (words[:, j] * m) & mask
+            k ^= k >> np.uint64(24)
+            k = (k * m) & mask
+            h = ((h * m) & mask) ^ k
+    tail = arr[:, n4 * 4 :].astype(np.uint64)
+    extra = tail.shape[1]
+    if extra == 3:
+        h ^= tail[:, 2] << np.uint64(16)
+    if extra >= 2:
+        h ^= tail[:, 1] << np.uint64(8)
+    if extra >= 1:
+        h ^= tail[:, 0]
+        h = (h * m) & mask
+    h ^= h >> np.uint64(13)
+    h = (h * m) & mask
+    h ^= h >> np.uint64(15)
+    return h.astype(np.uint32).view(np.int32)
