@@ -1,0 +1,150 @@
+"""The stateful step: one Bytewax logic per state partition, never one per user.
+
+Bytewax keeps every logic object in memory and, on resume, rebuilds all of them
+before the first new item; per-user logics make resume quadratic in the number
+of users (see shared/DESIGN.md). Here a logic owns a whole partition: its
+RocksDB store, its scorer and its TTL sweep. Its Bytewax snapshot is a few
+integers; the user state lives in RocksDB, fenced by per-user offsets.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from bytewax.operators import StatefulBatchLogic
+
+from bytewax_fraud.errors import RecoveryError
+from bytewax_fraud.model.runtime import LoadedModel
+from bytewax_fraud.parse import Event
+from bytewax_fraud.scoring import PartitionScorer, ScoredBatch
+from bytewax_fraud.state.base import USER_PREFIX, StateStore
+from bytewax_fraud.state.manifest import partition_dir
+from bytewax_fraud.state.memory import MemoryStore
+from bytewax_fraud.state.rocksdb import RocksStore
+from bytewax_fraud.status import STATS
+
+#: Snapshot high-water marks kept: a resume restarts at most one snapshot back, so
+#: outbox entries and swept records older than the oldest kept mark are safe to drop.
+_KEPT_MARKS = 3
+
+
+@dataclass(frozen=True)
+class PartitionConfig:
+    """What every partition logic of a run shares."""
+
+    state_dir: Path | None  # None: in-memory stores (tests, baselines)
+    model: LoadedModel
+    window: int
+    ttl_seconds: float
+    batch_max: int
+    sweep_interval: float
+    sweep_chunk: int
+
+
+def open_store(config: PartitionConfig, partition: int, resuming: bool) -> StateStore:
+    """Open a partition's store, refusing combinations that would corrupt the state."""
+    if config.state_dir is None:
+        return MemoryStore()
+    path = partition_dir(config.state_dir, partition)
+    if resuming and not path.exists():
+        raise RecoveryError(
+            f"the recovery data says partition {partition} has state, but {path} is missing:"
+            " restore the state directory from the backup taken with the recovery directory,"
+            " or delete both to start fresh"
+        )
+    store = RocksStore(path)
+    if not resuming and store.scan(USER_PREFIX, bytes([USER_PREFIX[0] + 1]), 1):
+        store.close()
+        raise RecoveryError(
+            f"{path} already holds user state, but this run starts partition {partition} from"
+            " the beginning of its input (no recovery data), so events would be applied twice."
+            " Resume with the recovery directory that belongs to this state (bytewax.run -r),"
+            " or delete the state directory to start fresh"
+        )
+    return store
+
+
+class PartitionLogic(StatefulBatchLogic[Event, ScoredBatch, dict[str, Any]]):
+    """Scores one partition's events; the partition is learnt from the first event."""
+
+    def __init__(
+        self,
+        config: PartitionConfig,
+        resume: dict[str, Any] | None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._config = config
+        self._resume = resume
+        self._clock = clock
+        self._scorer: PartitionScorer | None = None
+        self._marks: list[int] = list(resume["marks"]) if resume else []
+        self._cursor: bytes | None = resume.get("cursor") if resume else None
+        self._next_sweep = clock() + config.sweep_interval
+        if resume is not None:
+            self._open(int(resume["partition"]))
+
+    def _open(self, partition: int) -> PartitionScorer:
+        c = self._config
+        store = open_store(c, partition, self._resume is not None)
+        scorer = PartitionScorer(partition, store, c.model, c.window, c.ttl_seconds, c.batch_max)
+        if self._resume is not None:
+            scorer.high_water = int(self._resume["high_water"])
+            scorer.watermark = float(self._resume["watermark"])
+        self._scorer = scorer
+        return scorer
+
+    def on_batch(self, values: list[Event]) -> tuple[Iterable[ScoredBatch], bool]:
+        scorer = self._scorer or self._open(values[0].partition)
+        scored = scorer.score(values)
+        STATS.record_scored(
+            scored.latencies_ms, scored.probabilities, scored.labels, scored.replayed,
+            scored.expired,
+        )
+        return [scored], StatefulBatchLogic.RETAIN
+
+    def notify_at(self) -> datetime | None:
+        if self._scorer is None:
+            return None
+        return datetime.fromtimestamp(self._next_sweep, timezone.utc)
+
+    def on_notify(self) -> tuple[Iterable[ScoredBatch], bool]:
+        scorer = self._scorer
+        if scorer is not None:
+            safe = self._marks[0] if len(self._marks) >= _KEPT_MARKS - 1 else 0
+            start = self._cursor or USER_PREFIX
+            self._cursor, deleted = scorer.sweep(start, self._config.sweep_chunk, safe)
+            if deleted:
+                with STATS.lock:
+                    STATS.swept += deleted
+        self._next_sweep = self._clock() + self._config.sweep_interval
+        return [], StatefulBatchLogic.RETAIN
+
+    def snapshot(self) -> dict[str, Any]:
+        scorer = self._scorer
+        if scorer is None:
+            return {}
+        scorer.store.sync()
+        self._marks = (self._marks + [scorer.high_water])[-_KEPT_MARKS:]
+        if len(self._marks) == _KEPT_MARKS:
+            scorer.prune_outbox(self._marks[0])
+        return {
+            "partition": scorer.partition,
+            "high_water": scorer.high_water,
+            "watermark": scorer.watermark,
+            "marks": list(self._marks),
+            "cursor": self._cursor,
+        }
+
+
+def logic_builder(config: PartitionConfig) -> Callable[[dict[str, Any] | None], PartitionLogic]:
+    """The `stateful_batch` builder: a fresh or resumed logic per partition key."""
+
+    def build(resume: dict[str, Any] | None) -> PartitionLogic:
+        return PartitionLogic(config, resume or None)
+
+    return build

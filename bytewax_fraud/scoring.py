@@ -1,0 +1,257 @@
+"""Score a batch of one partition's events: state in, features, waves of inference, state out.
+
+For a batch the scorer:
+1. groups events by user, keeping order (a user's k-th event in the batch is in wave k);
+2. reads every user's record with one multi-get and decodes them into columns;
+3. per wave: fences replays, expires idle users (TTL in event time), computes
+   features with numpy and runs one model call for the whole wave;
+4. writes the new records, plus an outbox entry per prediction, in one atomic batch;
+5. returns the prediction lines in input order.
+
+Replays after a crash: an event at or below its user's `last_offset` was
+applied already; its state is not touched again and its prediction is read
+back, byte for byte, from the outbox.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii as _json_str
+
+import numpy as np
+
+from bytewax_fraud.errors import RecoveryError
+from bytewax_fraud.features import compute_features, merchant_code, push
+from bytewax_fraud.model.runtime import LoadedModel
+from bytewax_fraud.parse import Event
+from bytewax_fraud.state.base import USER_PREFIX, StateStore, outbox_key, user_key
+from bytewax_fraud.state.codec import UserStates, decode, decode_headers, encode
+
+
+@dataclass(frozen=True)
+class ScoredBatch:
+    """What one batch produced, in input order."""
+
+    user_ids: list[str]
+    lines: list[bytes]
+    latencies_ms: np.ndarray
+    probabilities: np.ndarray
+    labels: np.ndarray  # -1 where the event had no label
+    replayed: int
+    expired: int
+
+
+class PartitionScorer:
+    """Scores the events of one state partition against its store."""
+
+    def __init__(
+        self,
+        partition: int,
+        store: StateStore,
+        model: LoadedModel,
+        window: int,
+        ttl_seconds: float,
+        batch_max: int = 1024,
+    ) -> None:
+        self.partition = partition
+        self.store = store
+        self.model = model
+        self.window = window
+        self.ttl = ttl_seconds
+        self.batch_max = batch_max
+        #: Largest event time seen: the partition's event-time watermark (for the TTL sweep).
+        self.watermark = 0.0
+        #: One past the largest offset applied (for outbox pruning).
+        self.high_water = 0
+
+    def score(self, events: Sequence[Event]) -> ScoredBatch:
+        """Score events (in partition order), splitting into batches of at most `batch_max`."""
+        parts = [
+            self._score(events[i : i + self.batch_max])
+            for i in range(0, len(events), self.batch_max)
+        ]
+        if len(parts) == 1:
+            return parts[0]
+        return ScoredBatch(
+            user_ids=[u for p in parts for u in p.user_ids],
+            lines=[line for p in parts for line in p.lines],
+            latencies_ms=np.concatenate([p.latencies_ms for p in parts]),
+            probabilities=np.concatenate([p.probabilities for p in parts]),
+            labels=np.concatenate([p.labels for p in parts]),
+            replayed=sum(p.replayed for p in parts),
+            expired=sum(p.expired for p in parts),
+        )
+
+    def _score(self, events: Sequence[Event]) -> ScoredBatch:
+        n = len(events)
+        model = self.model
+        # 1. Columns and grouping: the only per-event Python loop.
+        rows: dict[str, int] = {}
+        seen: dict[str, int] = {}
+        row_of = np.empty(n, np.intp)
+        wave_of = np.empty(n, np.intp)
+        amount = np.empty(n, np.float64)
+        ts = np.empty(n, np.float64)
+        merchant = np.empty(n, np.uint32)
+        offset = np.empty(n, np.int64)
+        ingest_ns = np.empty(n, np.int64)
+        label = np.empty(n, np.int8)
+        user_ids: list[str] = []
+        for i, ev in enumerate(events):
+            tx = ev.tx
+            uid = tx.user_id
+            r = rows.setdefault(uid, len(rows))
+            k = seen.get(uid, 0)
+            seen[uid] = k + 1
+            row_of[i] = r
+            wave_of[i] = k
+            amount[i] = tx.amount
+            ts[i] = tx.timestamp
+            merchant[i] = merchant_code(tx.merchant)
+            offset[i] = ev.offset
+            ingest_ns[i] = ev.ingest_ns
+            label[i] = -1 if tx.label is None else tx.label
+            user_ids.append(uid)
+        users = list(rows)
+
+        # 2. One multi-get, one vectorised decode.
+        keys = [user_key(u) for u in users]
+        st = decode(self.store.get_many(keys), self.window, model.hidden_size, model.tag)
+
+        # 3. Waves.
+        prob = np.zeros(n, np.float32)
+        applied = np.zeros(n, bool)
+        dirty = np.zeros(len(users), bool)
+        expired_total = 0
+        order = np.argsort(wave_of, kind="stable")
+        bounds = np.searchsorted(wave_of[order], np.arange(int(wave_of.max()) + 2))
+        for k in range(len(bounds) - 1):
+            e = order[bounds[k] : bounds[k + 1]]
+            r = row_of[e]
+            fresh = offset[e] > st.last_offset[r]
+            if not fresh.all():
+                e, r = e[fresh], r[fresh]
+                if len(e) == 0:
+                    continue
+            expired = (st.count[r] > 0) & (ts[e] - st.last_ts[r] > self.ttl)
+            if expired.any():
+                st.reset(r[expired])
+                expired_total += int(expired.sum())
+            feats = compute_features(
+                st.amounts[r], st.merchants[r], st.count[r], st.last_ts[r], amount[e], ts[e],
+                merchant[e],
+            )
+            p, h = model.predict(feats, st.hidden[r] if model.hidden_size else None)
+            prob[e] = p
+            if h is not None:
+                st.hidden[r] = h
+            st.amounts[r], st.merchants[r], st.count[r] = push(
+                st.amounts[r], st.merchants[r], st.count[r], amount[e], merchant[e]
+            )
+            st.last_ts[r] = ts[e]
+            st.last_offset[r] = offset[e]
+            applied[e] = True
+            dirty[r] = True
+
+        # 4. Prediction lines (new ones) and outbox reads (replayed ones).
+        now_ns = time.time_ns()
+        latency = np.round((now_ns - ingest_ns) / 1e6, 3)
+        lines: list[bytes] = [b""] * n
+        out_keys: list[bytes] = []
+        out_vals: list[bytes] = []
+        part = self.partition
+        mlabel = _json_str(model.label)
+        probs = prob.astype(np.float64).tolist()
+        lat = latency.tolist()
+        for i in np.flatnonzero(applied).tolist():
+            ev = events[i]
+            tx = ev.tx
+            line = (
+                f'{{"transaction_id":{_json_str(tx.transaction_id)},'
+                f'"user_id":{_json_str(tx.user_id)},"probability":{probs[i]!r},'
+                f'"model":{mlabel},"event_timestamp":{tx.timestamp!r},"partition":{part},'
+                f'"offset":{ev.offset},"latency_ms":{lat[i]!r},'
+                f'"label":{"null" if tx.label is None else tx.label}}}'
+            ).encode()
+            lines[i] = line
+            out_keys.append(outbox_key(ev.offset))
+            out_vals.append(line)
+        replayed = np.flatnonzero(~applied).tolist()
+        if replayed:
+            self._read_outbox(events, replayed, lines, prob, latency)
+
+        # 5. One atomic write: records of changed users + outbox entries.
+        d = np.flatnonzero(dirty)
+        if len(d):
+            sub = UserStates(
+                count=st.count[d], last_ts=st.last_ts[d], last_offset=st.last_offset[d],
+                model_tag=st.model_tag[d], amounts=st.amounts[d], merchants=st.merchants[d],
+                hidden=st.hidden[d],
+            )
+            recs = encode(sub, model.tag)
+            self.store.write([keys[j] for j in d.tolist()] + out_keys, recs + out_vals)
+        if applied.any():
+            self.high_water = max(self.high_water, int(offset[applied].max()) + 1)
+        self.watermark = max(self.watermark, float(ts.max()))
+        return ScoredBatch(
+            user_ids=user_ids,
+            lines=lines,
+            latencies_ms=latency,
+            probabilities=prob,
+            labels=label,
+            replayed=len(replayed),
+            expired=expired_total,
+        )
+
+    def _read_outbox(
+        self,
+        events: Sequence[Event],
+        idx: list[int],
+        lines: list[bytes],
+        prob: np.ndarray,
+        latency: np.ndarray,
+    ) -> None:
+        vals = self.store.get_many([outbox_key(events[i].offset) for i in idx])
+        for i, v in zip(idx, vals, strict=True):
+            if v is None:
+                ev = events[i]
+                raise RecoveryError(
+                    f"partition {self.partition}: the event at offset {ev.offset} (user"
+                    f" {ev.tx.user_id}) was applied to the state already, but its prediction is"
+                    " not in the outbox: the input was rewound past the last snapshot. The state"
+                    " directory and the recovery directory do not belong together; restore both"
+                    " from the same backup, or delete both to start fresh"
+                )
+            lines[i] = v
+            prob[i] = np.nan
+            latency[i] = np.nan
+
+    def prune_outbox(self, below: int) -> None:
+        """Drop outbox entries for offsets below `below` (they can no longer be replayed)."""
+        if below > 0:
+            self.store.delete_range(outbox_key(0), outbox_key(below))
+
+    def sweep(self, start: bytes, limit: int, safe_offset: int) -> tuple[bytes | None, int]:
+        """Delete expired user records in one chunk of the key space.
+
+        A record is deleted when its last event is older than the TTL (plus a day of
+        grace for late events) at the partition's watermark, and its last offset is
+        below `safe_offset`, the oldest offset a resume could replay from, so a
+        replayed event never meets a record the first run still had.
+
+        Returns the key to continue from (None after the last user) and the count deleted.
+        """
+        end = bytes([USER_PREFIX[0] + 1])
+        items = self.store.scan(start, end, limit)
+        if not items:
+            return None, 0
+        heads = decode_headers([v for _, v in items])
+        cutoff = self.watermark - self.ttl - 86400.0
+        stale = (heads["last_ts"] < cutoff) & (heads["last_offset"] < safe_offset)
+        doomed = [items[i][0] for i in np.flatnonzero(stale).tolist()]
+        if doomed:
+            self.store.write([], [], doomed)
+        nxt = items[-1][0] + b"\x00"
+        return (nxt if len(items) == limit else None), len(doomed)

@@ -1,0 +1,141 @@
+"""Every knob of the job, in one validated object.
+
+Precedence: explicit argument > `FRAUD_*` environment variable > default.
+`load_settings()` turns pydantic's errors into one `SettingsError` whose lines
+name the variable, the bad value and how to fix it.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from bytewax_fraud.errors import SettingsError
+from bytewax_fraud.events import MAX_MESSAGE_BYTES
+
+MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+DEFAULT_MODEL = MODELS_DIR / "fraud_gru.onnx"
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_DEVICE = re.compile(r"^(cpu|auto|cuda(:\d+)?)$")
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from a number or a string like '30d', '12h', '90m', '45s', '3600'."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration like 30d, 12h, 90m or seconds")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        m = _DURATION.match(str(value))
+        if not m:
+            raise ValueError("expected a duration like 30d, 12h, 90m or seconds")
+        seconds = float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+    if seconds <= 0:
+        raise ValueError("the duration must be positive")
+    return seconds
+
+
+class Settings(BaseSettings):
+    """Settings of the fraud-scoring job. Each field reads `FRAUD_<NAME>` from the environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FRAUD_", extra="forbid", validate_default=True, frozen=True
+    )
+
+    events: int | None = Field(
+        None, ge=1, description="stop after this many generated events (unset: run until stopped)"
+    )
+    users: int = Field(10_000, ge=1, le=9_999_999, description="users in the built-in generator")
+    seed: int = Field(0, ge=0, description="seed of the built-in generator")
+    rate: float = Field(
+        0.0, ge=0, description="offered load of the generator in events/s (0: as fast as possible)"
+    )
+    output_dir: Path = Field(Path("out"), description="where predictions/dead letters are written")
+    state_dir: Path = Field(Path("state"), description="per-partition RocksDB stores")
+    model: Path = Field(DEFAULT_MODEL, description="ONNX model file following the model contract")
+    model_id: str | None = Field(None, description="name shown in predictions (default: file stem)")
+    device: str = Field("cpu", description="cpu, cuda, cuda:N or auto")
+    ort_threads: int = Field(1, ge=1, le=64, description="ONNX Runtime intra-op threads")
+    partitions: int = Field(4, ge=1, le=4096, description="state partitions (= Kafka partitions)")
+    window: int = Field(10, ge=2, le=255, description="amounts kept per user")
+    state_ttl: float = Field(
+        30 * 86400.0, description="idle time after which a user starts fresh (e.g. 30d, 12h)"
+    )
+    batch_max: int = Field(1024, ge=1, le=100_000, description="largest inference batch")
+    batch_timeout_ms: float = Field(
+        20.0, ge=0, le=60_000, description="longest wait to fill a source batch, in ms"
+    )
+    status_interval: float = Field(
+        5.0, ge=0, description="seconds between status lines on stderr (0: off)"
+    )
+    sweep_interval: float = Field(
+        10.0, gt=0, description="seconds between TTL sweep steps of a partition"
+    )
+    sweep_chunk: int = Field(10_000, ge=1, description="records examined per TTL sweep step")
+    max_message_bytes: int = Field(
+        MAX_MESSAGE_BYTES, ge=64, description="larger input messages become dead letters"
+    )
+    outputs: Literal["files", "stdout"] = Field("files", description="files or stdout")
+
+    @field_validator("state_ttl", mode="before")
+    @classmethod
+    def _ttl(cls, v: object) -> float:
+        return parse_duration(v)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        v = v.strip().lower()
+        if not _DEVICE.match(v):
+            raise ValueError("expected cpu, cuda, cuda:N or auto")
+        return v
+
+    @field_validator("model")
+    @classmethod
+    def _model_exists(cls, v: Path) -> Path:
+        if not v.is_file():
+            raise ValueError(f"no model file at {v}")
+        return v
+
+    @property
+    def model_name(self) -> str:
+        """The model id shown in predictions."""
+        return self.model_id or self.model.stem
+
+
+def _describe(field: str) -> str:
+    info = Settings.model_fields.get(field)
+    return info.description or "" if info else ""
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings, or raise `SettingsError` listing each bad value and its fix."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            field = str(err["loc"][0]) if err["loc"] else "?"
+            name = f"FRAUD_{field.upper()}"
+            got = err.get("input")
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                lines.append(f"unknown setting {field!r}: remove it (see --help for the list)")
+                continue
+            lines.append(f"{name}={got!r}: {msg}. Fix: set {name} to {_describe(field)}.")
+        raise SettingsError("invalid settings:\n  " + "\n  ".join(lines)) from None
+
+
+def settings_help() -> str:
+    """A table of every setting, its variable, default and meaning (for --help and the README)."""
+    rows = []
+    for name, info in Settings.model_fields.items():
+        default = info.default
+        rows.append(f"  FRAUD_{name.upper():<22} {default!s:<28} {info.description or ''}")
+    return "Settings (environment variables):\n" + "\n".join(rows)

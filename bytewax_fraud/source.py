@@ -1,0 +1,122 @@
+"""The built-in generator as a Bytewax source: one input partition per state partition.
+
+Each input partition generates only its own users (same hash as the state
+partitions), at an optional offered rate, in batches bounded by size and a
+deadline. Its resume state is the next offset to generate, so a resumed run
+continues the same deterministic stream.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+
+from bytewax_fraud.batching import DeadlineBatcher
+from bytewax_fraud.generator import TransactionGenerator
+from bytewax_fraud.parse import RawMessage
+from bytewax_fraud.partitioning import partition_of_routing_key, routing_key
+
+
+def partition_quota(total: int | None, partitions: int, partition: int) -> int | None:
+    """This partition's share of a bounded run of `total` events (None: unbounded)."""
+    if total is None:
+        return None
+    return total // partitions + (1 if partition < total % partitions else 0)
+
+
+@dataclass(frozen=True)
+class GeneratorSource(FixedPartitionedSource[RawMessage, int]):
+    """Generated transactions, partitioned like the state."""
+
+    users: int
+    seed: int
+    partitions: int
+    events: int | None = None
+    rate: float = 0.0
+    batch_max: int = 1024
+    batch_timeout_s: float = 0.02
+    clock: Callable[[], float] = time.monotonic
+
+    def list_parts(self) -> list[str]:
+        return [routing_key(p) for p in range(self.partitions)]
+
+    def build_part(
+        self, step_id: str, for_part: str, resume_state: int | None
+    ) -> _GeneratorPartition:
+        p = partition_of_routing_key(for_part)
+        gen = TransactionGenerator(
+            users=self.users, seed=self.seed, partition_count=self.partitions, partition_index=p
+        )
+        return _GeneratorPartition(
+            gen,
+            p,
+            resume_state or 0,
+            partition_quota(self.events, self.partitions, p),
+            self.rate / self.partitions,
+            DeadlineBatcher(self.batch_max, self.batch_timeout_s, self.clock),
+            self.clock,
+        )
+
+
+class _GeneratorPartition(StatefulSourcePartition[RawMessage, int]):
+    def __init__(
+        self,
+        gen: TransactionGenerator,
+        partition: int,
+        start: int,
+        quota: int | None,
+        rate: float,
+        batcher: DeadlineBatcher,
+        clock: Callable[[], float],
+    ) -> None:
+        self._events: Iterator[bytes] = gen.events(start)
+        self._partition = partition
+        self._start = start
+        self._offset = start
+        self._quota = quota
+        self._rate = rate
+        self._batcher = batcher
+        self._clock = clock
+        self._t0 = clock()
+
+    def _pending(self) -> int:
+        left = self._batcher.batch_max if self._quota is None else self._quota - self._offset
+        if self._rate <= 0:
+            return min(left, self._batcher.batch_max)
+        due = int((self._clock() - self._t0) * self._rate) - (self._offset - self._start)
+        return min(left, due)
+
+    def next_batch(self) -> list[RawMessage]:
+        if self._quota is not None and self._offset >= self._quota:
+            raise StopIteration()
+        n = self._pending()
+        if self._rate > 0:
+            n = self._batcher.take(n)
+        if n <= 0:
+            return []
+        now_ns = time.time_ns()
+        p, o = self._partition, self._offset
+        batch = [
+            RawMessage(value, None, "generator", p, o + i, None, now_ns)
+            for i, value in enumerate(itertools.islice(self._events, n))
+        ]
+        self._offset += len(batch)
+        return batch
+
+    def next_awake(self) -> datetime | None:
+        if self._rate <= 0:
+            return None
+        deadline = self._batcher.deadline()
+        # Next event due (or the batch deadline), as a wall-clock time for bytewax.
+        next_due = self._t0 + (self._offset - self._start + 1) / self._rate
+        wake = next_due if deadline is None else min(deadline, next_due)
+        delay = max(wake - self._clock(), 0.0)
+        return datetime.now(timezone.utc) + timedelta(seconds=delay)
+
+    def snapshot(self) -> int:
+        return self._offset

@@ -1,0 +1,1 @@
+"""Per-user state: the byte codec (pure) and the stores that hold it (IO)."""

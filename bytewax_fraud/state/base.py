@@ -1,0 +1,50 @@
+"""The store interface and the key layout shared by every backend."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+USER_PREFIX = b"u"
+OUTBOX_PREFIX = b"o"
+META_PREFIX = b"m"
+
+
+def user_key(user_id: str) -> bytes:
+    """Store key of a user's record."""
+    return USER_PREFIX + user_id.encode("utf-8")
+
+
+def outbox_key(offset: int) -> bytes:
+    """Store key of the emitted prediction for an input offset (big-endian sorts by offset)."""
+    return OUTBOX_PREFIX + offset.to_bytes(8, "big", signed=False)
+
+
+class StateStore(Protocol):
+    """A partition's key-value store: raw bytes in, raw bytes out, atomic batch writes."""
+
+    def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        """Values of `keys` in order; None where absent."""
+        ...
+
+    def write(
+        self, keys: Sequence[bytes], values: Sequence[bytes], deletes: Sequence[bytes] = ()
+    ) -> None:
+        """Put every (key, value) and delete `deletes`, atomically."""
+        ...
+
+    def delete_range(self, begin: bytes, end: bytes) -> None:
+        """Delete every key in [begin, end)."""
+        ...
+
+    def scan(self, start: bytes, end: bytes, limit: int) -> list[tuple[bytes, bytes]]:
+        """Up to `limit` items with start <= key < end, in key order."""
+        ...
+
+    def sync(self) -> None:
+        """Make every write so far durable (fsync the write-ahead log)."""
+        ...
+
+    def close(self) -> None:
+        """Release the store."""
+        ...

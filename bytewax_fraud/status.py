@@ -1,0 +1,152 @@
+"""Run statistics for the status line, the end-of-run summary and the benchmark.
+
+One `RunStats` per process, updated by the scoring steps (any worker thread).
+Latencies go into a fixed log-spaced histogram so percentiles cost O(bins).
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TextIO
+
+import numpy as np
+
+# 1 µs .. ~1000 s, 40 bins per decade.
+_EDGES = np.logspace(-3, 6, 361)
+
+
+def _percentile(hist: np.ndarray, q: float) -> float:
+    total = hist.sum()
+    if total == 0:
+        return float("nan")
+    i = int(np.searchsorted(np.cumsum(hist), q * total))
+    return float(_EDGES[min(i + 1, len(_EDGES) - 1)])
+
+
+@dataclass
+class _Window:
+    events: int = 0
+    hist: np.ndarray = field(default_factory=lambda: np.zeros(len(_EDGES) - 1, np.int64))
+
+
+@dataclass
+class RunStats:
+    """Counters of one process."""
+
+    model: str = "-"
+    scored: int = 0
+    replayed: int = 0
+    expired: int = 0
+    swept: int = 0
+    dead_letters: Counter[str] = field(default_factory=Counter)
+    true_pos: int = 0
+    false_pos: int = 0
+    false_neg: int = 0
+    threshold: float = 0.5
+    started: float = field(default_factory=time.monotonic)
+    total: _Window = field(default_factory=_Window)
+    interval: _Window = field(default_factory=_Window)
+    interval_started: float = field(default_factory=time.monotonic)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def record_scored(
+        self,
+        latencies_ms: np.ndarray,
+        probabilities: np.ndarray,
+        labels: np.ndarray,
+        replayed: int,
+        expired: int,
+    ) -> None:
+        """Count a scored batch (replayed events carry NaN latency and are not timed)."""
+        lat = latencies_ms[~np.isnan(latencies_ms)]
+        h = np.histogram(np.clip(lat, 1.001e-3, 9.99e5), _EDGES)[0]
+        labelled = labels >= 0
+        flagged = probabilities >= self.threshold
+        with self.lock:
+            self.scored += len(latencies_ms)
+            self.replayed += replayed
+            self.expired += expired
+            for w in (self.total, self.interval):
+                w.events += len(latencies_ms)
+                w.hist += h
+            self.true_pos += int((flagged & labelled & (labels == 1)).sum())
+            self.false_pos += int((flagged & labelled & (labels == 0)).sum())
+            self.false_neg += int((~flagged & labelled & (labels == 1)).sum())
+
+    def record_dead_letters(self, reasons: list[str]) -> None:
+        """Count dead letters by error class."""
+        with self.lock:
+            self.dead_letters.update(reasons)
+
+    def status_line(self) -> str:
+        """One line: rate over the last interval, p99 latency, dead letters, model."""
+        with self.lock:
+            now = time.monotonic()
+            span = max(now - self.interval_started, 1e-9)
+            rate = self.interval.events / span
+            p99 = _percentile(self.interval.hist, 0.99)
+            self.interval = _Window()
+            self.interval_started = now
+            dead = sum(self.dead_letters.values())
+            return (
+                f"[fraud] {rate:,.0f} ev/s | scored {self.scored:,} | p99 {p99:.1f} ms |"
+                f" dead letters {dead:,} | replayed {self.replayed:,} | model {self.model}"
+            )
+
+    def summary(self) -> dict[str, object]:
+        """Totals of the run so far."""
+        with self.lock:
+            elapsed = time.monotonic() - self.started
+            tp, fp, fn = self.true_pos, self.false_pos, self.false_neg
+            return {
+                "scored": self.scored,
+                "replayed": self.replayed,
+                "dead_letters": dict(self.dead_letters),
+                "expired": self.expired,
+                "swept": self.swept,
+                "elapsed_s": round(elapsed, 3),
+                "events_per_s": round(self.scored / elapsed, 1) if elapsed > 0 else 0.0,
+                "p50_ms": _percentile(self.total.hist, 0.50),
+                "p99_ms": _percentile(self.total.hist, 0.99),
+                "p999_ms": _percentile(self.total.hist, 0.999),
+                "precision": round(tp / (tp + fp), 4) if tp + fp else None,
+                "recall": round(tp / (tp + fn), 4) if tp + fn else None,
+                "model": self.model,
+            }
+
+
+STATS = RunStats()
+_reporter_started = False
+
+
+def start_reporter(interval: float, stream: TextIO | None = None) -> None:
+    """Print a status line every `interval` seconds from a daemon thread (once per process)."""
+    global _reporter_started
+    if interval <= 0 or _reporter_started:
+        return
+    _reporter_started = True
+    out = stream or sys.stderr
+
+    def loop() -> None:
+        while True:
+            time.sleep(interval)
+            print(STATS.status_line(), file=out, flush=True)
+
+    threading.Thread(target=loop, name="fraud-status", daemon=True).start()
+
+
+def format_summary(summary: dict[str, object]) -> str:
+    """The end-of-run summary as a few readable lines."""
+    dl = summary["dead_letters"]
+    return (
+        f"[fraud] done: scored {summary['scored']:,} events in {summary['elapsed_s']} s"
+        f" ({summary['events_per_s']:,} ev/s); latency p50 {summary['p50_ms']:.2f} ms,"
+        f" p99 {summary['p99_ms']:.2f} ms; replayed {summary['replayed']:,};"
+        f" dead letters {dl or 0}; expired {summary['expired']:,};"
+        f" precision@0.5 {summary['precision']}, recall@0.5 {summary['recall']};"
+        f" model {summary['model']}"
+    )

@@ -1,0 +1,1 @@
+"""Runnable dataflows: `python -m bytewax.run dataflows.fraud`."""
