@@ -12,28 +12,15 @@ from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 from bytewax.outputs import Sink
 
-from bytewax_fraud.events import DeadLetter
+from bytewax_fraud.connectors import make_source, output_dead_letters, output_predictions
 from bytewax_fraud.features import N_FEATURES
 from bytewax_fraud.model.runtime import load_model
 from bytewax_fraud.operator import PartitionConfig, logic_builder
-from bytewax_fraud.parse import Event, dead_letter_json, parse_message
+from bytewax_fraud.parse import Event, parse_message
 from bytewax_fraud.partitioning import routing_key
-from bytewax_fraud.scoring import ScoredBatch
 from bytewax_fraud.settings import Settings, load_settings
-from bytewax_fraud.sinks import JsonLinesSink, StdoutSink
-from bytewax_fraud.source import GeneratorSource
 from bytewax_fraud.state.manifest import ensure_manifest
 from bytewax_fraud.status import STATS, format_summary, start_reporter
-
-
-def _prediction_blob(item: tuple[str, ScoredBatch]) -> tuple[str, bytes]:
-    lines = item[1].lines
-    return ("predictions", b"\n".join(lines) + b"\n")
-
-
-def _dead_letter_item(dead: DeadLetter) -> tuple[str, bytes]:
-    STATS.record_dead_letters([dead.error_class])
-    return ("dead_letters", dead_letter_json(dead) + b"\n")
 
 
 def build_dataflow(
@@ -59,8 +46,7 @@ def build_dataflow(
         expected_features=N_FEATURES,
         warmup_batch=s.batch_max,
     )
-    if not in_memory_state:
-        ensure_manifest(s.state_dir, s.partitions, s.window)
+    fresh = in_memory_state or ensure_manifest(s.state_dir, s.partitions, s.window)
     STATS.model = model.label
     config = PartitionConfig(
         state_dir=None if in_memory_state else s.state_dir,
@@ -71,40 +57,21 @@ def build_dataflow(
         sweep_interval=s.sweep_interval,
         sweep_chunk=s.sweep_chunk,
     )
-    if source is None:
-        source = GeneratorSource(
-            users=s.users,
-            seed=s.seed,
-            partitions=s.partitions,
-            events=s.events,
-            rate=s.rate,
-            batch_max=s.batch_max,
-            batch_timeout_s=s.batch_timeout_ms / 1000.0,
-        )
-    if predictions is None or dead_letters is None:
-        if s.outputs == "stdout":
-            predictions = predictions or StdoutSink()
-            dead_letters = dead_letters or StdoutSink()
-        else:
-            predictions = predictions or JsonLinesSink(s.output_dir / "predictions.jsonl")
-            dead_letters = dead_letters or JsonLinesSink(s.output_dir / "dead_letters.jsonl")
-
     flow = Dataflow("fraud")
-    raw = op.input("transactions", flow, source)
+    raw = op.input("transactions", flow, source or make_source(s))
     parsed = op.map(
         "parse", raw, functools.partial(parse_message, max_message_bytes=s.max_message_bytes)
     )
     split = op.branch("split_valid", parsed, lambda x: isinstance(x, Event))
     keyed = op.key_on("by_partition", split.trues, lambda ev: routing_key(ev.partition))
     scored = op.stateful_batch("score", keyed, logic_builder(config))
-    op.output("predictions_out", op.map("format", scored, _prediction_blob), predictions)
-    dead = op.map("format_dead_letter", split.falses, _dead_letter_item)
-    op.output("dead_letters_out", dead, dead_letters)
+    output_predictions(scored, s, fresh, predictions)
+    output_dead_letters(split.falses, s, fresh, dead_letters)
     start_reporter(s.status_interval)
-    atexit.register(_print_summary)
+    _register_summary()
     return flow
 
 
-def _print_summary() -> None:
-    if STATS.scored or STATS.dead_letters:
-        print(format_summary(STATS.summary()), file=sys.stderr, flush=True)
+@functools.cache
+def _register_summary() -> None:
+    atexit.register(lambda: print(format_summary(STATS.summary()), file=sys.stderr, flush=True))

@@ -102,7 +102,10 @@ class PartitionLogic(StatefulBatchLogic[Event, ScoredBatch, dict[str, Any]]):
         scorer = self._scorer or self._open(values[0].partition)
         scored = scorer.score(values)
         STATS.record_scored(
-            scored.latencies_ms, scored.probabilities, scored.labels, scored.replayed,
+            scored.latencies_ms,
+            scored.probabilities,
+            scored.labels,
+            scored.replayed,
             scored.expired,
         )
         return [scored], StatefulBatchLogic.RETAIN

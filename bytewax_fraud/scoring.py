@@ -140,7 +140,12 @@ class PartitionScorer:
                 st.reset(r[expired])
                 expired_total += int(expired.sum())
             feats = compute_features(
-                st.amounts[r], st.merchants[r], st.count[r], st.last_ts[r], amount[e], ts[e],
+                st.amounts[r],
+                st.merchants[r],
+                st.count[r],
+                st.last_ts[r],
+                amount[e],
+                ts[e],
                 merchant[e],
             )
             p, h = model.predict(feats, st.hidden[r] if model.hidden_size else None)
@@ -186,8 +191,12 @@ class PartitionScorer:
         d = np.flatnonzero(dirty)
         if len(d):
             sub = UserStates(
-                count=st.count[d], last_ts=st.last_ts[d], last_offset=st.last_offset[d],
-                model_tag=st.model_tag[d], amounts=st.amounts[d], merchants=st.merchants[d],
+                count=st.count[d],
+                last_ts=st.last_ts[d],
+                last_offset=st.last_offset[d],
+                model_tag=st.model_tag[d],
+                amounts=st.amounts[d],
+                merchants=st.merchants[d],
                 hidden=st.hidden[d],
             )
             recs = encode(sub, model.tag)

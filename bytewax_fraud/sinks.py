@@ -22,8 +22,12 @@ class JsonLinesSink(FixedPartitionedSink[bytes, int]):
     truncates back to it, so the file holds every line exactly once.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, fresh: bool = True) -> None:
+        """Write to `path`; on a fresh start (new state) an old file there is emptied."""
         self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if fresh or not path.exists():
+            path.write_bytes(b"")
 
     def list_parts(self) -> list[str]:
         return [self.path.name]
@@ -31,7 +35,6 @@ class JsonLinesSink(FixedPartitionedSink[bytes, int]):
     def build_part(
         self, step_id: str, for_part: str, resume_state: int | None
     ) -> _JsonLinesPartition:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         return _JsonLinesPartition(self.path, resume_state)
 
 

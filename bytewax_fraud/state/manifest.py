@@ -16,8 +16,11 @@ def partition_dir(state_dir: Path, partition: int) -> Path:
     return state_dir / f"partition-{partition:04d}"
 
 
-def ensure_manifest(state_dir: Path, partitions: int, window: int) -> None:
-    """Create the manifest, or check that the existing one matches this run's settings."""
+def ensure_manifest(state_dir: Path, partitions: int, window: int) -> bool:
+    """Create the manifest, or check that the existing one matches this run's settings.
+
+    Returns True when the state directory is new (a fresh start).
+    """
     path = state_dir / NAME
     want = {"format": FORMAT, "partitions": partitions, "window": window}
     if not path.exists():
@@ -30,7 +33,7 @@ def ensure_manifest(state_dir: Path, partitions: int, window: int) -> None:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(want, indent=2) + "\n")
         tmp.replace(path)
-        return
+        return True
     try:
         have = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
@@ -52,3 +55,4 @@ def ensure_manifest(state_dir: Path, partitions: int, window: int) -> None:
             f" FRAUD_WINDOW={window}: set FRAUD_WINDOW={have.get('window')}, or use a new"
             " FRAUD_STATE_DIR"
         )
+    return False

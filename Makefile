@@ -1,0 +1,39 @@
+# The two commands of the README:
+#   make demo   - set up (virtualenv + install) if needed, then run the embedded demo
+#   make test   - set up if needed, then ruff, mypy and the whole test suite
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+DEMO_EVENTS ?= 200000
+
+.PHONY: demo run test lint bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -c 'import sys; assert sys.version_info[:2] in ((3, 11), (3, 12)), "Python 3.11 or 3.12 is required (set PYTHON=...)"'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+# A bounded run of the embedded default (generator in, ./out/*.jsonl out, state in ./state).
+demo: $(BIN)/.installed
+	rm -rf state out
+	FRAUD_EVENTS=$${FRAUD_EVENTS:-$(DEMO_EVENTS)} $(BIN)/python -m bytewax.run dataflows.fraud
+
+# The same job, unbounded: runs until stopped (Ctrl-C).
+run: $(BIN)/.installed
+	$(BIN)/python -m bytewax.run dataflows.fraud
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/python -m pytest -q
+
+bench: $(BIN)/.installed
+	$(BIN)/python -m bytewax_fraud.bench
+
+clean:
+	rm -rf state out recovery bench-out .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,75 @@
+"""Which source and sinks a run uses, chosen from the settings.
+
+The embedded default reads the built-in generator and writes JSON Lines files
+(or stdout). Each `output_*` function attaches its own formatting step, because
+files take blobs of lines while a message broker takes one message per item.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import bytewax.operators as op
+from bytewax.dataflow import Stream
+from bytewax.inputs import Source
+from bytewax.outputs import Sink
+
+from bytewax_fraud.events import DeadLetter
+from bytewax_fraud.parse import RawMessage, dead_letter_json
+from bytewax_fraud.scoring import ScoredBatch
+from bytewax_fraud.settings import Settings
+from bytewax_fraud.sinks import JsonLinesSink, StdoutSink
+from bytewax_fraud.source import GeneratorSource
+from bytewax_fraud.status import STATS
+
+
+def make_source(s: Settings) -> Source[RawMessage]:
+    """The input of this run."""
+    return GeneratorSource(
+        users=s.users,
+        seed=s.seed,
+        partitions=s.partitions,
+        events=s.events,
+        rate=s.rate,
+        batch_max=s.batch_max,
+        batch_timeout_s=s.batch_timeout_ms / 1000.0,
+    )
+
+
+def _prediction_blob(item: tuple[str, ScoredBatch]) -> tuple[str, bytes]:
+    return ("predictions", b"\n".join(item[1].lines) + b"\n")
+
+
+def _dead_letter_line(dead: DeadLetter) -> tuple[str, bytes]:
+    STATS.record_dead_letters([dead.error_class])
+    return ("dead_letters", dead_letter_json(dead) + b"\n")
+
+
+def output_predictions(
+    scored: Stream[tuple[str, ScoredBatch]],
+    s: Settings,
+    fresh: bool,
+    sink: Sink[Any] | None = None,
+) -> None:
+    """Write every scored batch's prediction lines."""
+    if sink is None:
+        if s.outputs == "stdout":
+            sink = StdoutSink()
+        else:
+            sink = JsonLinesSink(s.output_dir / "predictions.jsonl", fresh)
+    op.output("predictions_out", op.map("format_predictions", scored, _prediction_blob), sink)
+
+
+def output_dead_letters(
+    dead: Stream[DeadLetter],
+    s: Settings,
+    fresh: bool,
+    sink: Sink[Any] | None = None,
+) -> None:
+    """Write every dead letter, counting them by error class."""
+    if sink is None:
+        if s.outputs == "stdout":
+            sink = StdoutSink()
+        else:
+            sink = JsonLinesSink(s.output_dir / "dead_letters.jsonl", fresh)
+    op.output("dead_letters_out", op.map("format_dead_letters", dead, _dead_letter_line), sink)

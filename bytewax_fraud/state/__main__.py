@@ -1,0 +1,111 @@
+"""Inspect the state: `python -m bytewax_fraud.state show USER_ID` or `... stats`.
+
+Reads the stores of `FRAUD_STATE_DIR` (or `--state-dir`) read-only; stop the
+job first or point it at a copy, since RocksDB allows one writer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from bytewax_fraud.errors import FraudError, StateError
+from bytewax_fraud.partitioning import partition_for
+from bytewax_fraud.state.base import USER_PREFIX, user_key
+from bytewax_fraud.state.codec import decode_one
+from bytewax_fraud.state.manifest import NAME, partition_dir
+from bytewax_fraud.state.rocksdb import RocksStore
+
+
+def _manifest(state_dir: Path) -> dict[str, int]:
+    path = state_dir / NAME
+    if not path.exists():
+        raise StateError(f"no state at {state_dir} (missing {NAME}): pass --state-dir")
+    return json.loads(path.read_text())  # type: ignore[no-any-return]
+
+
+def show(state_dir: Path, user_id: str) -> dict[str, object] | None:
+    """The decoded record of one user, or None if the user has no state."""
+    partitions = _manifest(state_dir)["partitions"]
+    p = partition_for(user_id, partitions)
+    store = RocksStore(partition_dir(state_dir, p))
+    try:
+        (value,) = store.get_many([user_key(user_id)])
+    finally:
+        store.close()
+    if value is None:
+        return None
+    return {"user_id": user_id, "partition": p, **decode_one(value)}
+
+
+def stats(state_dir: Path) -> dict[str, object]:
+    """Users and outbox entries per partition."""
+    partitions = _manifest(state_dir)["partitions"]
+    per = {}
+    for p in range(partitions):
+        path = partition_dir(state_dir, p)
+        if not path.exists():
+            per[p] = {"users": 0, "outbox": 0}
+            continue
+        store = RocksStore(path)
+        try:
+            per[p] = {
+                "users": _count(store, USER_PREFIX),
+                "outbox": _count(store, b"o"),
+            }
+        finally:
+            store.close()
+    total = sum(v["users"] for v in per.values())
+    return {"partitions": partitions, "users": total, "per_partition": per}
+
+
+def _count(store: RocksStore, prefix: bytes) -> int:
+    n = 0
+    start = prefix
+    end = bytes([prefix[0] + 1])
+    while True:
+        items = store.scan(start, end, 50_000)
+        n += len(items)
+        if len(items) < 50_000:
+            return n
+        start = items[-1][0] + b"\x00"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(
+        prog="python -m bytewax_fraud.state",
+        description="Inspect per-user state. Stop the job first (RocksDB has one writer).",
+    )
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        help="state directory (default: FRAUD_STATE_DIR or ./state)",
+    )
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("show", help="print one user's record as JSON")
+    s.add_argument("user_id")
+    sub.add_parser("stats", help="count users per partition")
+    args = parser.parse_args(argv)
+    state_dir = args.state_dir or Path(os.environ.get("FRAUD_STATE_DIR", "state"))
+    try:
+        if args.cmd == "show":
+            rec = show(state_dir, args.user_id)
+            if rec is None:
+                print(f"no state for user {args.user_id!r}", file=sys.stderr)
+                return 1
+            print(json.dumps(rec, indent=2))
+        else:
+            print(json.dumps(stats(state_dir), indent=2))
+    except FraudError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,224 @@
+"""The partition scorer: waves, state, TTL, replay fencing, stateless models."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from bytewax_fraud.events import Transaction
+from bytewax_fraud.features import N_FEATURES, compute_features, merchant_code
+from bytewax_fraud.generator import TransactionGenerator
+from bytewax_fraud.model.runtime import LoadedModel, load_model
+from bytewax_fraud.parse import Event, RawMessage, parse_message
+from bytewax_fraud.scoring import PartitionScorer
+from bytewax_fraud.state.base import user_key
+from bytewax_fraud.state.codec import decode, decode_one
+from bytewax_fraud.state.memory import MemoryStore
+
+MODELS = Path(__file__).resolve().parent.parent / "models"
+T0 = 1_767_225_600.0
+DAY = 86400.0
+
+
+@pytest.fixture(scope="module")
+def gru() -> LoadedModel:
+    return load_model(MODELS / "fraud_gru.onnx", expected_features=N_FEATURES)
+
+
+@pytest.fixture(scope="module")
+def stateless() -> LoadedModel:
+    return load_model(MODELS / "fraud_stateless.onnx", expected_features=N_FEATURES)
+
+
+def event(user: str, amount: float, ts: float, merchant: str, offset: int) -> Event:
+    tx = Transaction(
+        transaction_id=f"t{offset}",
+        user_id=user,
+        amount=amount,
+        currency="USD",
+        timestamp=ts,
+        merchant=merchant,
+    )
+    return Event(tx, 0, offset, 0)
+
+
+def generated_events(n: int, users: int = 300) -> list[Event]:
+    gen = TransactionGenerator(users=users, seed=7)
+    out = []
+    for i, value in zip(range(n), gen.events(), strict=False):
+        ev = parse_message(RawMessage(value, None, "generator", 0, i, None, 0))
+        assert isinstance(ev, Event)
+        out.append(ev)
+    return out
+
+
+def strip_latency(lines: list[bytes]) -> list[dict[str, object]]:
+    out = []
+    for line in lines:
+        d = json.loads(line)
+        d.pop("latency_ms")
+        out.append(d)
+    return out
+
+
+def test_hand_computed_sequence(gru: LoadedModel) -> None:
+    """Window, features and hidden state equal a step-by-step computation with the model."""
+    steps = [
+        (12.0, 0.0, "m1"),
+        (15.5, 3600.0, "m1"),
+        (0.99, 3700.0, "m9"),
+        (1.05, 3710.0, "m9"),
+        (480.0, 3720.5, "m7"),
+    ]
+    events = [event("alice", a, T0 + dt, m, i) for i, (a, dt, m) in enumerate(steps)]
+    store = MemoryStore()
+    scored = PartitionScorer(0, store, gru, window=4, ttl_seconds=30 * DAY).score(events)
+
+    session = ort.InferenceSession(str(MODELS / "fraud_gru.onnx"))
+    hidden = np.zeros((1, gru.hidden_size), np.float32)
+    window: list[float] = []
+    merchants: list[str] = []
+    last_ts = 0.0
+    for i, (amount, dt, merchant) in enumerate(steps):
+        # Features by hand, in plain Python.
+        ts = T0 + dt
+        w = [float(np.float32(a)) for a in window]
+        logs = [math.log1p(a) for a in w]
+        mean = sum(w) / len(w) if w else 0.0
+        mu = sum(logs) / len(logs) if logs else 0.0
+        sd = math.sqrt(sum((x - mu) ** 2 for x in logs) / len(logs)) if logs else 0.0
+        expected = [
+            math.log1p(amount),
+            math.log1p(mean) if w else 0.0,
+            math.log1p(amount) - math.log1p(mean) if w else 0.0,
+            max(-10, min(10, (math.log1p(amount) - mu) / (sd + 0.25))) if len(w) >= 2 else 0.0,
+            math.log1p(ts - last_ts) / 15 if w else 1.0,
+            len(w) / 4,
+            1.0 if merchant in merchants else 0.0,
+            sum(a < 2.0 for a in w) / len(w) if w else 0.0,
+        ]
+        padded = np.zeros((1, 4), np.float32)
+        padded[0, 4 - len(w) :] = w
+        codes = np.zeros((1, 4), np.uint32)
+        codes[0, 4 - len(merchants) :] = [merchant_code(m) for m in merchants]
+        feats = compute_features(
+            padded, codes, [len(w)], np.array([last_ts]), [amount], [ts], [merchant_code(merchant)]
+        )
+        np.testing.assert_allclose(feats[0], expected, rtol=1e-6, atol=1e-6)
+        prob, hidden = session.run(None, {"input_features": feats, "input_hidden_state": hidden})
+        line = json.loads(scored.lines[i])
+        assert line["probability"] == float(prob[0, 0])
+        assert line["transaction_id"] == f"t{i}" and line["offset"] == i
+        window = (window + [amount])[-4:]
+        merchants = (merchants + [merchant])[-4:]
+        last_ts = ts
+
+    rec = decode_one(store.get_many([user_key("alice")])[0] or b"")
+    assert rec["amounts"] == [float(np.float32(a)) for a in window]
+    assert rec["merchants"] == [merchant_code(m) for m in merchants]
+    assert rec["count"] == 4 and rec["last_ts"] == T0 + 3720.5 and rec["last_offset"] == 4
+    np.testing.assert_array_equal(np.asarray(rec["hidden"], np.float32), hidden[0])
+
+
+def test_one_batch_equals_one_event_at_a_time(gru: LoadedModel) -> None:
+    events = generated_events(3000)
+    batched = PartitionScorer(0, MemoryStore(), gru, 10, 30 * DAY, batch_max=1024).score(events)
+    single = PartitionScorer(0, MemoryStore(), gru, 10, 30 * DAY, batch_max=1).score(events)
+    a, b = strip_latency(batched.lines), strip_latency(single.lines)
+    assert [x["transaction_id"] for x in a] == [e.tx.transaction_id for e in events]
+    pa = np.array([x["probability"] for x in a])
+    pb = np.array([x["probability"] for x in b])
+    np.testing.assert_allclose(pa, pb, rtol=0, atol=1e-6)
+
+
+def test_replayed_events_are_not_applied_twice_and_emit_identical_lines(gru: LoadedModel) -> None:
+    events = generated_events(2000)
+    store = MemoryStore()
+    scorer = PartitionScorer(0, store, gru, 10, 30 * DAY)
+    first = scorer.score(events[:1500])
+    snapshot = dict(store._data)
+    # A crash rewinds the input to offset 1000: 500 replayed events, then 500 new ones.
+    again = scorer.score(events[1000:])
+    assert again.replayed == 500
+    assert again.lines[:500] == first.lines[1000:]
+    clean_store = MemoryStore()
+    clean = PartitionScorer(0, clean_store, gru, 10, 30 * DAY).score(events)
+    assert strip_latency(again.lines[500:]) == strip_latency(clean.lines[1500:])
+    users = {e.tx.user_id for e in events}
+    for u in users:
+        got = decode_one(store.get_many([user_key(u)])[0] or b"")
+        want = decode_one(clean_store.get_many([user_key(u)])[0] or b"")
+        assert got == want
+    assert snapshot != store._data
+
+
+def test_idle_user_starts_fresh_and_sweep_deletes_expired(gru: LoadedModel) -> None:
+    store = MemoryStore()
+    scorer = PartitionScorer(0, store, gru, 10, ttl_seconds=7 * DAY)
+    scorer.score(
+        [
+            event("old", 50.0, T0, "m1", 0),
+            event("old", 60.0, T0 + 60, "m1", 1),
+            event("keep", 5.0, T0 + 5 * DAY, "m2", 2),
+        ]
+    )
+    late = scorer.score([event("old", 70.0, T0 + 60 + 7 * DAY + 1, "m3", 3)])
+    newcomer = PartitionScorer(0, MemoryStore(), gru, 10, 7 * DAY).score(
+        [event("old", 70.0, T0 + 60 + 7 * DAY + 1, "m3", 3)]
+    )
+    assert late.expired == 1
+    assert strip_latency(late.lines) == strip_latency(newcomer.lines)
+    assert decode_one(store.get_many([user_key("old")])[0] or b"")["count"] == 1
+
+    # Advance the watermark far beyond "keep"'s TTL (+ a day of grace): the sweep deletes it,
+    # but only once its last offset is below the replay-safe offset.
+    scorer.score([event("other", 1.0, T0 + 30 * DAY, "m4", 4)])
+    cursor, deleted = scorer.sweep(b"u", 100, safe_offset=2)
+    assert (cursor, deleted) == (None, 0)
+    cursor, deleted = scorer.sweep(b"u", 100, safe_offset=5)
+    assert deleted == 2  # "keep" (day 5) and "old" (day 7) are beyond 30 - 7 - 1 days
+    assert store.get_many([user_key("keep"), user_key("old")]) == [None, None]
+    assert store.get_many([user_key("other")])[0] is not None
+
+
+def test_sweep_walks_the_key_space_in_chunks(gru: LoadedModel) -> None:
+    store = MemoryStore()
+    scorer = PartitionScorer(0, store, gru, 10, ttl_seconds=DAY)
+    scorer.score([event(f"u{i:03d}", 9.0, T0, "m", i) for i in range(25)])
+    scorer.score([event("late", 9.0, T0 + 10 * DAY, "m", 25)])
+    cursor: bytes | None = b"u"
+    total = 0
+    steps = 0
+    while cursor is not None:
+        cursor, deleted = scorer.sweep(cursor, 10, safe_offset=100)
+        total += deleted
+        steps += 1
+    assert total == 25 and steps == 3
+
+
+def test_stateless_model_stores_no_hidden_state(stateless: LoadedModel) -> None:
+    store = MemoryStore()
+    scored = PartitionScorer(0, store, stateless, 10, 30 * DAY).score(generated_events(500))
+    assert all(0.0 <= json.loads(line)["probability"] <= 1.0 for line in scored.lines)
+    value = next(iter(store._data.values()))
+    assert decode_one(value)["hidden_size"] == 0
+
+
+def test_a_new_model_resets_hidden_state_but_keeps_the_window(
+    gru: LoadedModel, stateless: LoadedModel
+) -> None:
+    store = MemoryStore()
+    PartitionScorer(0, store, stateless, 10, 30 * DAY).score([event("bob", 10.0, T0, "m", 0)])
+    st = decode(store.get_many([user_key("bob")]), 10, gru.hidden_size, gru.tag)
+    assert st.count[0] == 1 and not st.hidden.any()
+    scored = PartitionScorer(0, store, gru, 10, 30 * DAY).score(
+        [event("bob", 11.0, T0 + 1, "m", 1)]
+    )
+    assert json.loads(scored.lines[0])["model"] == gru.label
+    rec = decode_one(store.get_many([user_key("bob")])[0] or b"")
+    assert rec["count"] == 2 and rec["hidden_size"] == gru.hidden_size
