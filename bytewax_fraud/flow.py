@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import atexit
 import functools
+import json
 import sys
+from pathlib import Path
 from typing import Any
 
 import bytewax.operators as op
@@ -68,10 +70,17 @@ def build_dataflow(
     output_predictions(scored, s, fresh, predictions)
     output_dead_letters(split.falses, s, fresh, dead_letters)
     start_reporter(s.status_interval)
-    _register_summary()
+    _register_summary(s.summary_file)
     return flow
 
 
 @functools.cache
-def _register_summary() -> None:
-    atexit.register(lambda: print(format_summary(STATS.summary()), file=sys.stderr, flush=True))
+def _register_summary(path: Path | None) -> None:
+    def report() -> None:
+        summary = STATS.summary()
+        print(format_summary(summary), file=sys.stderr, flush=True)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(summary, indent=2) + "\n")
+
+    atexit.register(report)

@@ -81,6 +81,9 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(
         MAX_MESSAGE_BYTES, ge=64, description="larger input messages become dead letters"
     )
+    summary_file: Path | None = Field(
+        None, description="also write the end-of-run summary as JSON to this file"
+    )
     outputs: Literal["files", "stdout"] = Field("files", description="files or stdout")
 
     @field_validator("state_ttl", mode="before")
