@@ -11,7 +11,15 @@ import math
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    field_validator,
+)
 
 #: Events outside [2000-01-01, 2100-01-01) are rejected as "timestamp out of range".
 MIN_TIMESTAMP = 946_684_800.0
@@ -42,7 +50,10 @@ class Transaction(BaseModel):
     @field_validator("amount")
     @classmethod
     def _amount_is_sane(cls, v: float) -> float:
-        v = float(v)
+        try:
+            v = float(v)
+        except OverflowError as exc:  # a JSON integer too big for a float
+            raise ValueError(f"amount must be at most {MAX_AMOUNT:.0f}") from exc
         if not math.isfinite(v):
             raise ValueError("amount must be a finite number")
         if v < 0:
@@ -51,13 +62,24 @@ class Transaction(BaseModel):
             raise ValueError(f"amount must be at most {MAX_AMOUNT:.0f}")
         return v
 
+    @field_validator("label", mode="before")
+    @classmethod
+    def _label_is_strict(cls, v: object) -> object:
+        # Literal[0, 1] alone would coerce true -> 1 and 1.0 -> 1.
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+            raise ValueError("label must be 0, 1 or null")
+        return v
+
     @field_validator("timestamp", mode="before")
     @classmethod
     def _timestamp_epoch_or_iso(cls, v: object) -> float:
         if isinstance(v, bool):
             raise ValueError("timestamp must be epoch seconds or an ISO-8601 string")
         if isinstance(v, int | float):
-            ts = float(v)
+            try:
+                ts = float(v)
+            except OverflowError:  # a JSON integer too big for a float
+                ts = math.inf
         elif isinstance(v, str):
             try:
                 dt = datetime.fromisoformat(v.replace("Z", "+00:00"))

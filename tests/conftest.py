@@ -1,0 +1,111 @@
+"""Shared fixtures: the bad-input corpus, known-good events and a message factory."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bytewax_fraud.parse import RawMessage
+
+DATA = Path(__file__).parent / "data"
+BAD_INPUTS = DATA / "bad_inputs.jsonl"
+
+#: Valid messages and the `Transaction` fields each must parse to.
+GOOD_EVENTS: list[dict[str, Any]] = [
+    {
+        "kind": "epoch-float-label-0",
+        "value": b'{"transaction_id":"t-1","user_id":"u-1","amount":12.5,"currency":"USD",'
+        b'"timestamp":1700000000.25,"merchant":"m-1","label":0}',
+        "expected": {
+            "transaction_id": "t-1",
+            "user_id": "u-1",
+            "amount": 12.5,
+            "currency": "USD",
+            "timestamp": 1700000000.25,
+            "merchant": "m-1",
+            "label": 0,
+        },
+    },
+    {
+        "kind": "epoch-int-int-amount-no-label",
+        "value": b'{"transaction_id":"t-2","user_id":"u-2","amount":12,"currency":"EUR",'
+        b'"timestamp":1700000000,"merchant":"m-2"}',
+        "expected": {"amount": 12.0, "timestamp": 1700000000.0, "label": None},
+    },
+    {
+        "kind": "iso-z-label-1",
+        "value": b'{"transaction_id":"t-3","user_id":"u-3","amount":0,"currency":"GBP",'
+        b'"timestamp":"2023-11-14T22:13:20Z","merchant":"m-3","label":1}',
+        "expected": {"amount": 0.0, "timestamp": 1700000000.0, "label": 1},
+    },
+    {
+        "kind": "iso-plus-0200-fraction",
+        "value": b'{"transaction_id":"t-4","user_id":"u-4","amount":999999999.99,'
+        b'"currency":"CHF","timestamp":"2023-11-15T00:13:20.5+02:00","merchant":"m-4"}',
+        "expected": {"amount": 999999999.99, "timestamp": 1700000000.5},
+    },
+    {
+        "kind": "extra-fields-label-null-pretty",
+        "value": b'{\n  "transaction_id": "t-5",\n  "user_id": "u-5",\n  "amount": 1e2,\n'
+        b'  "currency": "JPY",\n  "timestamp": 1.7e9,\n  "merchant": "m-5",\n'
+        b'  "label": null,\n  "device": {"os": "ios", "tags": [1, 2, {"amount": 3}]},\n'
+        b'  "note": "amount"\n}\n',
+        "expected": {"amount": 100.0, "timestamp": 1.7e9, "label": None},
+    },
+    {
+        "kind": "unicode-and-escapes",
+        "value": '{"transaction_id":"t-6","user_id":"\\u00fcser","amount":3.25,"currency":"EUR",'
+        '"timestamp":1700000000,"merchant":"Café ☕"}'.encode(),
+        "expected": {"user_id": "üser", "merchant": "Café ☕"},
+    },
+]
+
+
+def _load_bad_corpus() -> list[dict[str, Any]]:
+    cases = []
+    for line in BAD_INPUTS.read_text("utf-8").splitlines():
+        if line.strip():
+            case = json.loads(line)
+            case["value"] = base64.b64decode(case["value_b64"], validate=True)
+            cases.append(case)
+    return cases
+
+
+@pytest.fixture(scope="session")
+def bad_corpus() -> list[dict[str, Any]]:
+    """Every kind of bad input in tests/data/bad_inputs.jsonl.
+
+    Each item has ``kind``, ``value_b64``, ``value`` (the decoded raw bytes),
+    ``stage`` and ``reason_contains``.
+    """
+    return _load_bad_corpus()
+
+
+@pytest.fixture(scope="session")
+def good_events() -> list[dict[str, Any]]:
+    """Valid raw messages (``value``) with the fields they parse to (``expected``)."""
+    return GOOD_EVENTS
+
+
+@pytest.fixture
+def raw_message() -> Callable[..., RawMessage]:
+    """Builds a `RawMessage`; keyword arguments override the defaults."""
+
+    def make(value: bytes | None, **overrides: Any) -> RawMessage:
+        fields: dict[str, Any] = {
+            "key": b"u-1",
+            "source": "transactions",
+            "partition": 3,
+            "offset": 42,
+            "timestamp": 1_700_000_000.5,
+            "ingest_ns": 123_456_789,
+        }
+        fields.update(overrides)
+        return RawMessage(value=value, **fields)
+
+    return make
