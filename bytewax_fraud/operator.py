@@ -9,10 +9,12 @@ integers; the user state lives in RocksDB, fenced by per-user offsets.
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,7 @@ class PartitionConfig:
     batch_max: int
     sweep_interval: float
     sweep_chunk: int
+    kill_at_snapshot: int | None = None  # fault injection for recovery tests
 
 
 def open_store(config: PartitionConfig, partition: int, resuming: bool) -> StateStore:
@@ -113,7 +116,7 @@ class PartitionLogic(StatefulBatchLogic[Event, ScoredBatch, dict[str, Any]]):
     def notify_at(self) -> datetime | None:
         if self._scorer is None:
             return None
-        return datetime.fromtimestamp(self._next_sweep, timezone.utc)
+        return datetime.fromtimestamp(self._next_sweep, UTC)
 
     def on_notify(self) -> tuple[Iterable[ScoredBatch], bool]:
         scorer = self._scorer
@@ -135,6 +138,7 @@ class PartitionLogic(StatefulBatchLogic[Event, ScoredBatch, dict[str, Any]]):
         self._marks = (self._marks + [scorer.high_water])[-_KEPT_MARKS:]
         if len(self._marks) == _KEPT_MARKS:
             scorer.prune_outbox(self._marks[0])
+        _maybe_kill(self._config.kill_at_snapshot)
         return {
             "partition": scorer.partition,
             "high_water": scorer.high_water,
@@ -142,6 +146,17 @@ class PartitionLogic(StatefulBatchLogic[Event, ScoredBatch, dict[str, Any]]):
             "marks": list(self._marks),
             "cursor": self._cursor,
         }
+
+
+_snapshots_taken = 0
+
+
+def _maybe_kill(at: int | None) -> None:
+    """Fault injection: SIGKILL this process inside its `at`-th snapshot call."""
+    global _snapshots_taken
+    _snapshots_taken += 1
+    if at is not None and _snapshots_taken == at:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def logic_builder(config: PartitionConfig) -> Callable[[dict[str, Any] | None], PartitionLogic]:

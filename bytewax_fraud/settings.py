@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bytewax_fraud.errors import SettingsError
@@ -81,6 +81,18 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(
         MAX_MESSAGE_BYTES, ge=64, description="larger input messages become dead letters"
     )
+    recovery_dir: Path | None = Field(
+        None, description="Bytewax recovery directory (unset: no recovery; the demo sets it)"
+    )
+    snapshot_interval: float = Field(
+        5.0, gt=0, description="seconds between snapshots (the epoch length) with recovery"
+    )
+    backup_interval: float = Field(
+        30.0, ge=0, description="seconds old snapshots are kept, for backups of the recovery dir"
+    )
+    fault_kill_at_snapshot: int | None = Field(
+        None, ge=1, description="testing only: SIGKILL the process inside its Nth snapshot"
+    )
     summary_file: Path | None = Field(
         None, description="also write the end-of-run summary as JSON to this file"
     )
@@ -110,6 +122,41 @@ class Settings(BaseSettings):
     def model_name(self) -> str:
         """The model id shown in predictions."""
         return self.model_id or self.model.stem
+
+    # --- Kafka (used when KAFKA_BOOTSTRAP_SERVERS is set) ---------------------------------
+    kafka_bootstrap_servers: str | None = Field(
+        None,
+        validation_alias=AliasChoices("FRAUD_KAFKA_BOOTSTRAP_SERVERS", "kafka_bootstrap_servers"),
+        description="Kafka brokers host:port,... (also KAFKA_BOOTSTRAP_SERVERS); unset: embedded",
+    )
+    topic_transactions: str = Field("transactions", min_length=1, description="input topic")
+    topic_predictions: str = Field("predictions", min_length=1, description="predictions topic")
+    topic_dead_letters: str = Field("dead-letters", min_length=1, description="dead-letter topic")
+    topic_control: str = Field("model-control", min_length=1, description="model control topic")
+    start: Literal["earliest", "latest"] = Field(
+        "earliest", description="where a new run starts reading: earliest or latest"
+    )
+    kafka_stop_at_end: bool = Field(
+        False, description="stop once every input partition is read to its end (replays, tests)"
+    )
+    kafka_properties: dict[str, str | int | float | bool] = Field(
+        default_factory=dict,
+        repr=False,  # may hold credentials
+        description="librdkafka properties as a JSON object, e.g. {\"security.protocol\":\"SSL\"}",
+    )
+    kafka_config_file: Path | None = Field(
+        None, description="librdkafka properties file (key=value lines, # comments)"
+    )
+    kafka_max_message_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, description="largest Kafka message read or written, in bytes"
+    )
+
+    @field_validator("kafka_config_file")
+    @classmethod
+    def _kafka_config_file_exists(cls, v: Path | None) -> Path | None:
+        if v is not None and not v.is_file():
+            raise ValueError(f"no Kafka properties file at {v}")
+        return v
 
 
 def _describe(field: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 
 from bytewax_fraud.errors import StateError
@@ -22,7 +23,12 @@ def ensure_manifest(state_dir: Path, partitions: int, window: int) -> bool:
     Returns True when the state directory is new (a fresh start).
     """
     path = state_dir / NAME
-    want = {"format": FORMAT, "partitions": partitions, "window": window}
+    want = {
+        "format": FORMAT,
+        "partitions": partitions,
+        "window": window,
+        "run_id": uuid.uuid4().hex,
+    }
     if not path.exists():
         if any(state_dir.glob("partition-*")):
             raise StateError(
@@ -56,3 +62,8 @@ def ensure_manifest(state_dir: Path, partitions: int, window: int) -> bool:
             " FRAUD_STATE_DIR"
         )
     return False
+
+
+def run_id(state_dir: Path) -> str:
+    """The identity of the state directory, shared with its recovery directory."""
+    return str(json.loads((state_dir / NAME).read_text()).get("run_id", ""))

@@ -1,0 +1,144 @@
+"""Run the job as a real process, kill it, resume it, and read back its state and outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bytewax_fraud.state.base import USER_PREFIX
+from bytewax_fraud.state.codec import decode_headers
+from bytewax_fraud.state.manifest import partition_dir
+from bytewax_fraud.state.rocksdb import RocksStore
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class JobDirs:
+    """The directories of one job: state, recovery and outputs."""
+
+    root: Path
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state"
+
+    @property
+    def recovery(self) -> Path:
+        return self.root / "recovery"
+
+    @property
+    def out(self) -> Path:
+        return self.root / "out"
+
+    def env(self, **extra: Any) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            {
+                "PYTHONPATH": str(ROOT),
+                "FRAUD_STATE_DIR": str(self.state),
+                "FRAUD_RECOVERY_DIR": str(self.recovery),
+                "FRAUD_OUTPUT_DIR": str(self.out),
+                "FRAUD_STATUS_INTERVAL": "0",
+                "FRAUD_SNAPSHOT_INTERVAL": "0.5",
+                "FRAUD_BACKUP_INTERVAL": "0",
+            }
+        )
+        env.update({k: str(v) for k, v in extra.items()})
+        return env
+
+
+def start(dirs: JobDirs, args: list[str] = (), **env: Any) -> subprocess.Popen[bytes]:  # type: ignore[assignment]
+    """Start `python -m bytewax_fraud` for these directories."""
+    dirs.root.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "bytewax_fraud", *args],
+        env=dirs.env(**env),
+        cwd=dirs.root,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def run(dirs: JobDirs, args: list[str] = (), timeout: float = 300, **env: Any) -> str:  # type: ignore[assignment]
+    """Run to completion; returns stderr; raises if the job failed."""
+    p = start(dirs, args, **env)
+    _, err = p.communicate(timeout=timeout)
+    if p.returncode != 0:
+        raise AssertionError(f"job failed ({p.returncode}):\n{err.decode()[-3000:]}")
+    return err.decode()
+
+
+def run_with_kills(
+    dirs: JobDirs,
+    kills: int,
+    rng: random.Random,
+    args_per_run: list[list[str]] | None = None,
+    window: tuple[float, float] = (2.0, 5.0),
+    **env: Any,
+) -> int:
+    """SIGKILL the job `kills` times at random moments, resuming each time; then finish.
+
+    Returns how many kills hit a running job (a run may finish before its kill).
+    """
+    hit = 0
+    for i in range(kills + 1):
+        args = (args_per_run or [[]])[min(i, len(args_per_run or [[]]) - 1)]
+        p = start(dirs, args, **env)
+        if i == kills:
+            _, err = p.communicate(timeout=300)
+            assert p.returncode == 0, err.decode()[-3000:]
+            return hit
+        deadline = time.monotonic() + rng.uniform(*window)
+        while p.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if p.poll() is None:
+            p.send_signal(signal.SIGKILL)
+            hit += 1
+        _, err = p.communicate(timeout=60)
+        assert p.returncode in (0, -signal.SIGKILL), err.decode()[-3000:]
+    return hit
+
+
+def live_records(state_dir: Path, ttl: float) -> dict[bytes, bytes]:
+    """Every user record not expired at its partition's watermark (expired ones read as absent)."""
+    partitions = json.loads((state_dir / "manifest.json").read_text())["partitions"]
+    out: dict[bytes, bytes] = {}
+    for p in range(partitions):
+        path = partition_dir(state_dir, p)
+        if not path.exists():
+            continue
+        store = RocksStore(path)
+        try:
+            items = store.scan(USER_PREFIX, bytes([USER_PREFIX[0] + 1]), 10_000_000)
+        finally:
+            store.close()
+        if not items:
+            continue
+        heads = decode_headers([v for _, v in items])
+        watermark = float(heads["last_ts"].max())
+        keep = np.flatnonzero(heads["last_ts"] >= watermark - ttl).tolist()
+        out.update(items[i] for i in keep)
+    return out
+
+
+def predictions(out_dir: Path) -> dict[str, str]:
+    """Predictions by transaction id, without the measured latency; duplicates must agree."""
+    result: dict[str, str] = {}
+    for line in (out_dir / "predictions.jsonl").read_text().splitlines():
+        d = json.loads(line)
+        d.pop("latency_ms")
+        text = json.dumps(d, sort_keys=True)
+        prev = result.setdefault(d["transaction_id"], text)
+        assert prev == text, f"duplicate differs: {prev} vs {text}"
+    return result

@@ -1,0 +1,141 @@
+"""Recovery-replay: SIGKILL the job at random points, resume, compare with a clean run."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+from recovery_harness import JobDirs, live_records, predictions, run, run_with_kills, start
+
+EVENTS = 200_000
+BASE = {"FRAUD_EVENTS": EVENTS, "FRAUD_USERS": 20_000, "FRAUD_PARTITIONS": 4, "FRAUD_SEED": 5}
+TTL = 3 * 86400.0
+TTL_ENV = {**BASE, "FRAUD_STATE_TTL": "3d", "FRAUD_SWEEP_INTERVAL": "0.2"}
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory: pytest.TempPathFactory) -> JobDirs:
+    """One uninterrupted run, the reference for every crash test."""
+    dirs = JobDirs(tmp_path_factory.mktemp("clean"))
+    run(dirs, **TTL_ENV)
+    return dirs
+
+
+def assert_same_as_clean(dirs: JobDirs, clean: JobDirs) -> None:
+    got, want = predictions(dirs.out), predictions(clean.out)
+    assert len(want) == EVENTS
+    assert got == want
+    assert live_records(dirs.state, TTL) == live_records(clean.state, TTL)
+
+
+def test_random_kills_lose_nothing_and_apply_nothing_twice(tmp_path: Path, clean: JobDirs) -> None:
+    dirs = JobDirs(tmp_path)
+    hits = run_with_kills(dirs, kills=3, rng=random.Random(11), **TTL_ENV)
+    assert hits >= 2
+    assert_same_as_clean(dirs, clean)
+
+
+@pytest.mark.slow
+def test_soak_twelve_random_kills(tmp_path: Path, clean: JobDirs) -> None:
+    dirs = JobDirs(tmp_path)
+    hits = run_with_kills(dirs, kills=12, rng=random.Random(7), window=(1.0, 3.0), **TTL_ENV)
+    assert hits >= 10
+    assert_same_as_clean(dirs, clean)
+
+
+def test_kill_inside_a_snapshot(tmp_path: Path, clean: JobDirs) -> None:
+    dirs = JobDirs(tmp_path)
+    p = start(dirs, FRAUD_FAULT_KILL_AT_SNAPSHOT=9, **TTL_ENV)
+    p.communicate(timeout=120)
+    assert p.returncode == -9
+    run(dirs, **TTL_ENV)
+    assert_same_as_clean(dirs, clean)
+
+
+@pytest.mark.parametrize(
+    "plan",
+    [
+        pytest.param([["-w", "1"], ["-w", "2"]], id="1-to-2-workers"),
+        pytest.param([["-w", "2"], ["-w", "1"]], id="2-to-1-workers"),
+    ],
+)
+def test_rescale_on_resume(tmp_path: Path, clean: JobDirs, plan: list[list[str]]) -> None:
+    dirs = JobDirs(tmp_path)
+    run_with_kills(dirs, kills=1, rng=random.Random(3), args_per_run=plan, **TTL_ENV)
+    assert_same_as_clean(dirs, clean)
+
+
+def test_two_processes_then_one(tmp_path: Path, clean: JobDirs) -> None:
+    import socket
+    import time
+
+    ports = []
+    for _ in range(2):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    addresses = ";".join(f"127.0.0.1:{p}" for p in ports)
+    dirs = JobDirs(tmp_path)
+    procs = [start(dirs, ["-i", str(i), "-a", addresses], **TTL_ENV) for i in range(2)]
+    time.sleep(5)
+    for p in procs:
+        p.kill()
+        p.communicate(timeout=60)
+    run(dirs, **TTL_ENV)
+    assert_same_as_clean(dirs, clean)
+
+
+def _used(tmp_path: Path) -> JobDirs:
+    dirs = JobDirs(tmp_path / "job")
+    run(dirs, **{**BASE, "FRAUD_EVENTS": 2000})
+    return dirs
+
+
+def _fails(dirs: JobDirs, needle: str, **env: object) -> None:
+    p = start(dirs, **{**BASE, "FRAUD_EVENTS": 4000, **env})  # type: ignore[arg-type]
+    _, err = p.communicate(timeout=120)
+    assert p.returncode != 0
+    assert needle in err.decode(), err.decode()[-2000:]
+
+
+def test_deleted_partition_store_is_a_named_error(tmp_path: Path) -> None:
+    dirs = _used(tmp_path)
+    shutil.rmtree(dirs.state / "partition-0002")
+    _fails(dirs, "RecoveryError")
+
+
+def test_truncated_recovery_file_is_a_named_error(tmp_path: Path) -> None:
+    dirs = _used(tmp_path)
+    part = dirs.recovery / "part-0.sqlite3"
+    part.write_bytes(part.read_bytes()[:100])
+    _fails(dirs, "damaged")
+
+
+def test_truncated_state_file_is_a_named_error(tmp_path: Path) -> None:
+    dirs = _used(tmp_path)
+    current = dirs.state / "partition-0001" / "CURRENT"
+    current.write_bytes(b"")
+    _fails(dirs, "cannot open the state store")
+
+
+def test_recovery_dir_of_another_run_is_a_named_error(tmp_path: Path) -> None:
+    dirs = _used(tmp_path)
+    other = _used(tmp_path / "other")
+    shutil.rmtree(dirs.recovery)
+    shutil.copytree(other.recovery, dirs.recovery)
+    _fails(dirs, "belongs to another run")
+
+
+def test_missing_recovery_dir_is_a_named_error(tmp_path: Path) -> None:
+    dirs = _used(tmp_path)
+    shutil.rmtree(dirs.recovery)
+    _fails(dirs, "has no snapshots")
+
+
+def test_recovery_db_is_sqlite(tmp_path: Path) -> None:
+    dirs = _used(tmp_path)
+    with sqlite3.connect(dirs.recovery / "part-0.sqlite3") as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
