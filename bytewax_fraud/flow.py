@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, TypeGuard
 
 import bytewax.operators as op
-from bytewax.dataflow import Dataflow
+from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import Source
 from bytewax.outputs import Sink
 from bytewax.recovery import RecoveryConfig
@@ -112,7 +112,8 @@ def build_job(
     keyed = op.key_on("by_partition", split.trues, _route)
     scored = op.stateful_batch("score", keyed, logic_builder(config))
     output_predictions(scored, s, fresh, predictions)
-    output_dead_letters(split.falses, s, fresh, dead_letters)
+    dead: Stream[Any] = split.falses  # the complement of _is_event: DeadLetter
+    output_dead_letters(dead, s, fresh, dead_letters)
     start_reporter(s.status_interval)
     _register_summary(s.summary_file)
     epoch = timedelta(seconds=s.snapshot_interval if recovery else 10.0)

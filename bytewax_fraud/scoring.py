@@ -102,10 +102,9 @@ class PartitionScorer:
         for i, ev in enumerate(events):
             tx = ev.tx
             uid = tx.user_id
-            r = rows.setdefault(uid, len(rows))
+            row_of[i] = rows.setdefault(uid, len(rows))
             k = seen.get(uid, 0)
             seen[uid] = k + 1
-            row_of[i] = r
             wave_of[i] = k
             amount[i] = tx.amount
             ts[i] = tx.timestamp
@@ -127,8 +126,8 @@ class PartitionScorer:
         expired_total = 0
         order = np.argsort(wave_of, kind="stable")
         bounds = np.searchsorted(wave_of[order], np.arange(int(wave_of.max()) + 2))
-        for k in range(len(bounds) - 1):
-            e = order[bounds[k] : bounds[k + 1]]
+        for wave in range(len(bounds) - 1):
+            e = order[bounds[wave] : bounds[wave + 1]]
             r = row_of[e]
             fresh = offset[e] > st.last_offset[r]
             if not fresh.all():

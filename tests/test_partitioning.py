@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import bytewax.operators as op
 import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.testing import TestingSource, cluster_main
 
-import bytewax.operators as op
 from bytewax_fraud.partitioning import (
     bytewax_route_hash,
     murmur2,

@@ -24,7 +24,8 @@ def _manifest(state_dir: Path) -> dict[str, int]:
     path = state_dir / NAME
     if not path.exists():
         raise StateError(f"no state at {state_dir} (missing {NAME}): pass --state-dir")
-    return json.loads(path.read_text())  # type: ignore[no-any-return]
+    manifest: dict[str, int] = json.loads(path.read_text())
+    return manifest
 
 
 def show(state_dir: Path, user_id: str) -> dict[str, object] | None:

@@ -30,7 +30,7 @@ class MemoryStore:
     def scan(self, start: bytes, end: bytes, limit: int) -> list[tuple[bytes, bytes]]:
         keys = sorted(self._data)
         i = bisect.bisect_left(keys, start)
-        out = []
+        out: list[tuple[bytes, bytes]] = []
         for k in keys[i:]:
             if k >= end or len(out) >= limit:
                 break

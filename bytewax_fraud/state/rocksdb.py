@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from rocksdict import Options, Rdict, WriteBatch
 
@@ -43,7 +44,7 @@ class RocksStore:
     def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
         if not keys:
             return []
-        return self._db[list(keys)]  # type: ignore[no-any-return]
+        return cast(list[bytes | None], self._db[list(keys)])
 
     def write(
         self, keys: Sequence[bytes], values: Sequence[bytes], deletes: Sequence[bytes] = ()
@@ -61,7 +62,7 @@ class RocksStore:
     def scan(self, start: bytes, end: bytes, limit: int) -> list[tuple[bytes, bytes]]:
         it = self._db.iter()
         it.seek(start)
-        out = []
+        out: list[tuple[bytes, bytes]] = []
         while it.valid() and len(out) < limit:
             k = it.key()
             if k >= end:
