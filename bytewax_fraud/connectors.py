@@ -1,8 +1,10 @@
 """Which source and sinks a run uses, chosen from the settings.
 
 The embedded default reads the built-in generator and writes JSON Lines files
-(or stdout). Each `output_*` function attaches its own formatting step, because
-files take blobs of lines while a message broker takes one message per item.
+(or stdout). With `KAFKA_BOOTSTRAP_SERVERS` set, the input topic is read and
+both outputs go to Kafka topics (see `bytewax_fraud.kafka`). Each `output_*`
+function attaches its own formatting step, because files take blobs of lines
+while a message broker takes one message per item.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from bytewax.dataflow import Stream
 from bytewax.inputs import Source
 from bytewax.outputs import Sink
 
+from bytewax_fraud import kafka
 from bytewax_fraud.events import DeadLetter
 from bytewax_fraud.parse import RawMessage, dead_letter_json
 from bytewax_fraud.scoring import ScoredBatch
@@ -24,7 +27,9 @@ from bytewax_fraud.status import STATS
 
 
 def make_source(s: Settings) -> Source[RawMessage]:
-    """The input of this run."""
+    """The input of this run (for Kafka, after checking the topics: fails at start)."""
+    if s.kafka_bootstrap_servers:
+        return kafka.kafka_source(s)
     return GeneratorSource(
         users=s.users,
         seed=s.seed,
@@ -52,6 +57,10 @@ def output_predictions(
     sink: Sink[Any] | None = None,
 ) -> None:
     """Write every scored batch's prediction lines."""
+    if sink is None and s.kafka_bootstrap_servers:
+        # One message per prediction, keyed by user id (the sink splits the batches).
+        op.output("predictions_out", scored, kafka.prediction_sink(s))
+        return
     if sink is None:
         if s.outputs == "stdout":
             sink = StdoutSink()
@@ -67,6 +76,10 @@ def output_dead_letters(
     sink: Sink[Any] | None = None,
 ) -> None:
     """Write every dead letter, counting them by error class."""
+    if sink is None and s.kafka_bootstrap_servers:
+        # Original key and value bytes, Kafka Connect DLQ headers; the sink counts them.
+        op.output("dead_letters_out", dead, kafka.dead_letter_sink(s))
+        return
     if sink is None:
         if s.outputs == "stdout":
             sink = StdoutSink()

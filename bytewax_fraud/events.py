@@ -118,6 +118,8 @@ class DeadLetter(BaseModel):
     key: str | None = None
     #: The original message bytes, base64-encoded (they may not be valid UTF-8).
     value_b64: str
+    #: The original key bytes, base64-encoded (`key` is only their lossy UTF-8 reading).
+    key_b64: str | None = None
 
 
 class Prediction(BaseModel):

@@ -282,4 +282,5 @@ def _dead(msg: RawMessage, stage: str, error_class: str, reason: str) -> DeadLet
         ),
         key=None if msg.key is None else msg.key.decode("utf-8", errors="replace"),
         value_b64=base64.b64encode(msg.value or b"").decode("ascii"),
+        key_b64=None if msg.key is None else base64.b64encode(msg.key).decode("ascii"),
     )

@@ -142,7 +142,7 @@ class Settings(BaseSettings):
     kafka_properties: dict[str, str | int | float | bool] = Field(
         default_factory=dict,
         repr=False,  # may hold credentials
-        description="librdkafka properties as a JSON object, e.g. {\"security.protocol\":\"SSL\"}",
+        description='librdkafka properties as a JSON object, e.g. {"security.protocol":"SSL"}',
     )
     kafka_config_file: Path | None = Field(
         None, description="librdkafka properties file (key=value lines, # comments)"

@@ -43,6 +43,8 @@ class RunStats:
     expired: int = 0
     swept: int = 0
     dead_letters: Counter[str] = field(default_factory=Counter)
+    #: Messages a sink could not deliver (the run then fails, and recovery replays them).
+    delivery_failures: int = 0
     true_pos: int = 0
     false_pos: int = 0
     false_neg: int = 0
@@ -82,6 +84,11 @@ class RunStats:
         with self.lock:
             self.dead_letters.update(reasons)
 
+    def record_delivery_failures(self, n: int) -> None:
+        """Count messages a sink failed to deliver."""
+        with self.lock:
+            self.delivery_failures += n
+
     def status_line(self) -> str:
         """One line: rate over the last interval, p99 latency, dead letters, model."""
         with self.lock:
@@ -108,6 +115,7 @@ class RunStats:
                 "dead_letters": dict(self.dead_letters),
                 "expired": self.expired,
                 "swept": self.swept,
+                "delivery_failures": self.delivery_failures,
                 "elapsed_s": round(elapsed, 3),
                 "events_per_s": round(self.scored / elapsed, 1) if elapsed > 0 else 0.0,
                 "p50_ms": _percentile(self.total.hist, 0.50),

@@ -1,0 +1,168 @@
+"""The transactions topic as a Bytewax source: Kafka partition p is state partition p.
+
+Built on Bytewax's own Kafka partition reader (`bytewax.connectors.kafka`): one
+consumer per topic-partition, assigned (never a consumer group), resume state
+= the next offset to read, nothing committed to Kafka. Messages become
+`RawMessage`s directly, with no intermediate object per message.
+
+Each input partition's key is `partitioning.routing_key(p)`, the same key the
+scoring step routes partition p by, so a partition is read on the worker that
+holds its state and events do not cross workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, cast
+
+from bytewax.connectors.kafka import _KafkaSourcePartition
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, TIMESTAMP_NOT_AVAILABLE, TopicPartition
+from confluent_kafka import KafkaError as ConfluentError
+
+from bytewax_fraud.kafka.errors import KafkaConsumeError
+from bytewax_fraud.parse import RawMessage
+from bytewax_fraud.partitioning import partition_of_routing_key, routing_key
+
+log = logging.getLogger(__name__)
+
+#: Consumer errors that retrying cannot fix; every other error is logged while
+#: librdkafka reconnects and retries by itself (a broker outage, a leader move).
+_FATAL = frozenset(
+    {
+        ConfluentError._UNKNOWN_TOPIC,
+        ConfluentError._UNKNOWN_PARTITION,
+        ConfluentError.UNKNOWN_TOPIC_OR_PART,
+        ConfluentError.TOPIC_AUTHORIZATION_FAILED,
+        ConfluentError.GROUP_AUTHORIZATION_FAILED,
+        ConfluentError.SASL_AUTHENTICATION_FAILED,
+        ConfluentError._AUTHENTICATION,
+        ConfluentError._SSL,
+        ConfluentError.OFFSET_OUT_OF_RANGE,
+    }
+)
+
+
+class KafkaTransactionSource(FixedPartitionedSource[RawMessage, int]):
+    """Reads `topic` (with `partitions` partitions, checked at start) as `RawMessage`s."""
+
+    def __init__(
+        self,
+        topic: str,
+        partitions: int,
+        consumer_config: dict[str, Any],
+        *,
+        start: str = "earliest",
+        stop_at_end: bool = False,
+        batch_size: int = 1024,
+        batch_timeout_s: float = 0.02,
+    ) -> None:
+        """Read `topic`; the caller has checked that it has `partitions` partitions."""
+        self.topic = topic
+        self.partitions = partitions
+        self._config = consumer_config
+        self._start = OFFSET_BEGINNING if start == "earliest" else OFFSET_END
+        self._stop_at_end = stop_at_end
+        self._batch_size = batch_size
+        self._timeout = batch_timeout_s
+
+    def list_parts(self) -> list[str]:
+        return [routing_key(p) for p in range(self.partitions)]
+
+    def build_part(
+        self, step_id: str, for_part: str, resume_state: int | None
+    ) -> StatefulSourcePartition[RawMessage, int]:
+        config = {**self._config, "enable.partition.eof": self._stop_at_end}
+        reader = KafkaPartitionReader(
+            step_id,
+            config,
+            self.topic,
+            partition_of_routing_key(for_part),
+            self._start,
+            resume_state,
+            self._batch_size,
+            self._timeout,
+        )
+        # Bytewax's reader is typed for its own message class; this one emits RawMessage.
+        return cast(StatefulSourcePartition[RawMessage, int], reader)
+
+
+class KafkaPartitionReader(_KafkaSourcePartition):
+    """One topic-partition; `snapshot()` is the next offset to read."""
+
+    def __init__(
+        self,
+        step_id: str,
+        config: dict[str, Any],
+        topic: str,
+        partition: int,
+        starting_offset: int,
+        resume_state: int | None,
+        batch_size: int,
+        timeout_s: float,
+    ) -> None:
+        super().__init__(
+            step_id, config, topic, partition, starting_offset, resume_state, batch_size, True
+        )
+        self._timeout = timeout_s
+        self._errors_logged = 0
+
+    def next_batch(self) -> list[RawMessage]:  # type: ignore[override]
+        if self._eof:
+            raise StopIteration()
+        msgs = self._consumer.consume(self._batch_size, self._timeout)
+        now_ns = time.time_ns()
+        topic, part = self._topic, self._part_idx
+        batch: list[RawMessage] = []
+        append = batch.append
+        for msg in msgs:
+            err = msg.error()
+            if err is not None:
+                self._on_error(err)
+                continue
+            ts_type, ts_ms = msg.timestamp()
+            append(
+                RawMessage(
+                    msg.value(),
+                    msg.key(),
+                    topic,
+                    part,
+                    msg.offset(),  # type: ignore[arg-type]
+                    None if ts_type == TIMESTAMP_NOT_AVAILABLE else ts_ms / 1000.0,
+                    now_ns,
+                )
+            )
+        if batch:
+            self._offset = batch[-1].offset + 1
+        elif self._offset < 0:
+            self._resolve_start()
+        return batch
+
+    def _on_error(self, err: ConfluentError) -> None:
+        code = err.code()
+        if code == ConfluentError._PARTITION_EOF:
+            # Emit this batch; StopIteration comes on the next call.
+            self._eof = True
+            return
+        if err.fatal() or code in _FATAL:
+            raise KafkaConsumeError(
+                f"cannot read {self._topic!r} partition {self._part_idx}: {err.str()}."
+                " Check that the topic exists, the ACLs and the security properties"
+            )
+        # Transient (broker down, connection reset): librdkafka retries by itself.
+        if self._errors_logged < 100:
+            self._errors_logged += 1
+            log.warning(
+                "reading %r partition %d: %s (retrying)", self._topic, self._part_idx, err.str()
+            )
+
+    def _resolve_start(self) -> None:
+        """Replace the logical start (beginning/end) by a real offset once it is known.
+
+        A snapshot of OFFSET_END would make a resumed run skip whatever arrived
+        in between; the consumer's position pins it down.
+        """
+        (pos,) = self._consumer.position([TopicPartition(self._topic, self._part_idx)])
+        if pos.offset >= 0:
+            self._offset = pos.offset
