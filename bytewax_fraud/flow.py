@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import functools
 import json
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -101,6 +102,7 @@ def build_job(
         batch_max=s.batch_max,
         sweep_interval=s.sweep_interval,
         sweep_chunk=s.sweep_chunk,
+        kept_marks=3 + math.ceil(s.backup_interval / s.snapshot_interval),
         kill_at_snapshot=s.fault_kill_at_snapshot,
     )
     flow = Dataflow("fraud")

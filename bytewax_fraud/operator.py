@@ -30,9 +30,6 @@ from bytewax_fraud.state.memory import MemoryStore
 from bytewax_fraud.state.rocksdb import RocksStore
 from bytewax_fraud.status import STATS
 
-#: Snapshot high-water marks kept: a resume restarts at most one snapshot back, so
-#: outbox entries and swept records older than the oldest kept mark are safe to drop.
-_KEPT_MARKS = 3
 
 
 @dataclass(frozen=True)
@@ -46,6 +43,10 @@ class PartitionConfig:
     batch_max: int
     sweep_interval: float
     sweep_chunk: int
+    #: Snapshot high-water marks kept. A resume restarts at most one snapshot back (or
+    #: `backup_interval` back, from a backup of the recovery directory), so outbox entries
+    #: and records older than the oldest kept mark are safe to drop. At least 3.
+    kept_marks: int = 3
     kill_at_snapshot: int | None = None  # fault injection for recovery tests
 
 
@@ -121,7 +122,7 @@ class PartitionLogic(StatefulBatchLogic[Event, ScoredBatch, dict[str, Any]]):
     def on_notify(self) -> tuple[Iterable[ScoredBatch], bool]:
         scorer = self._scorer
         if scorer is not None:
-            safe = self._marks[0] if len(self._marks) >= _KEPT_MARKS - 1 else 0
+            safe = self._marks[0] if len(self._marks) == self._config.kept_marks else 0
             start = self._cursor or USER_PREFIX
             self._cursor, deleted = scorer.sweep(start, self._config.sweep_chunk, safe)
             if deleted:
@@ -135,8 +136,9 @@ class PartitionLogic(StatefulBatchLogic[Event, ScoredBatch, dict[str, Any]]):
         if scorer is None:
             return {}
         scorer.store.sync()
-        self._marks = (self._marks + [scorer.high_water])[-_KEPT_MARKS:]
-        if len(self._marks) == _KEPT_MARKS:
+        kept = self._config.kept_marks
+        self._marks = (self._marks + [scorer.high_water])[-kept:]
+        if len(self._marks) == kept:
             scorer.prune_outbox(self._marks[0])
         _maybe_kill(self._config.kill_at_snapshot)
         return {
