@@ -311,6 +311,8 @@ class TransactionGenerator:
         """The first `n_events` events of the partition as columns."""
         if n_events < 0:
             raise ValueError(f"n_events must be >= 0, got {n_events}")
+        if n_events and not self.user_indices.shape[0]:
+            raise ValueError("this partition has no users; use more users or fewer partitions")
         got: list[EventChunk] = []
         total = 0
         for c in self.chunks():
@@ -321,9 +323,14 @@ class TransactionGenerator:
         return EventChunk.concat(got).head(n_events) if got else self.chunk(0).head(0)
 
     def events(self, start: int = 0) -> Iterator[bytes]:
-        """JSON transactions at partition offsets start, start+1, ... (infinite)."""
+        """JSON transactions at partition offsets start, start+1, ... (infinite).
+
+        A partition without users (more partitions than users) yields nothing.
+        """
         if start < 0:
             raise ValueError(f"start must be >= 0, got {start}")
+        if not self.user_indices.shape[0]:
+            return  # a partition without users has no events (rather than looping forever)
         prefix = f"tx-{self.seed}-{self.partition_count}-{self.partition_index}-"
         offset = 0
         for c in self.chunks():

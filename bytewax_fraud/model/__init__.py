@@ -1,0 +1,1 @@
+"""ONNX models: the serving contract and the graph builders."""

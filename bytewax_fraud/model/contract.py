@@ -1,0 +1,184 @@
+"""The model contract: which ONNX inputs and outputs a fraud model must have.
+
+Two shapes of model are served:
+
+* stateful: inputs `input_features` [batch, F] and `input_hidden_state` [batch, H];
+  outputs `output_probability` [batch, 1] and `output_hidden_state` [batch, H];
+* stateless: input `input_features` [batch, F]; output `output_probability` [batch, 1].
+
+All tensors are float32, the batch axis is dynamic, F and H are fixed positive sizes.
+`check_contract` reads only the model's metadata; it never runs the model.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import TensorProto
+
+from bytewax_fraud.errors import ModelContractError
+
+FEATURES = "input_features"
+HIDDEN_IN = "input_hidden_state"
+PROBABILITY = "output_probability"
+HIDDEN_OUT = "output_hidden_state"
+
+EXPECTED = (
+    f"expected inputs {FEATURES} [batch, F] and optionally {HIDDEN_IN} [batch, H]; "
+    f"outputs {PROBABILITY} [batch, 1] (and {HIDDEN_OUT} [batch, H] when {HIDDEN_IN} is given), "
+    "all float32 with a dynamic batch axis"
+)
+
+
+@dataclass(frozen=True)
+class ModelSignature:
+    """What a model that passed `check_contract` looks like."""
+
+    kind: Literal["stateful", "stateless"]
+    n_features: int
+    hidden_size: int  # 0 when stateless
+
+
+def _load(model: onnx.ModelProto | bytes | str | os.PathLike[str]) -> onnx.ModelProto:
+    if isinstance(model, onnx.ModelProto):
+        return model
+    if isinstance(model, bytes | bytearray | memoryview):
+        proto = onnx.ModelProto()
+        try:
+            proto.ParseFromString(bytes(model))
+        except DecodeError as exc:
+            raise ModelContractError(
+                "the bytes are not a valid ONNX model (protobuf decoding failed); "
+                "pass the contents of an .onnx file"
+            ) from exc
+        return proto
+    path = os.fspath(model)
+    try:
+        return onnx.load(path, load_external_data=False)
+    except FileNotFoundError as exc:
+        raise ModelContractError(f"model file {path!r} does not exist; check the path") from exc
+    except (DecodeError, OSError, ValueError) as exc:
+        raise ModelContractError(
+            f"{path!r} is not a valid ONNX model ({exc}); point to an .onnx file"
+        ) from exc
+
+
+def _tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    """Every tensor stored in the graph: initializers and attributes, subgraphs included."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from _tensors(attr.g)
+            for g in attr.graphs:
+                yield from _tensors(g)
+
+
+def _dims(value: onnx.ValueInfoProto) -> list[int | str | None]:
+    """The declared dims: an int when fixed, the dim_param when named, None when unknown."""
+    tensor = value.type.tensor_type
+    if not tensor.HasField("shape"):
+        return []
+    out: list[int | str | None] = []
+    for d in tensor.shape.dim:
+        if d.HasField("dim_value"):
+            out.append(int(d.dim_value))
+        elif d.HasField("dim_param"):
+            out.append(d.dim_param)
+        else:
+            out.append(None)
+    return out
+
+
+def _describe(values: list[onnx.ValueInfoProto]) -> str:
+    parts = []
+    for v in values:
+        elem = TensorProto.DataType.Name(v.type.tensor_type.elem_type)
+        dims = ", ".join("?" if d is None else str(d) for d in _dims(v))
+        parts.append(f"{v.name} [{dims}] {elem.lower()}")
+    return "[" + "; ".join(parts) + "]"
+
+
+def check_contract(
+    model: onnx.ModelProto | bytes | str | os.PathLike[str],
+    expected_features: int | None = None,
+) -> ModelSignature:
+    """Check that a model follows the serving contract and return its signature.
+
+    Args:
+        model: a loaded model, the bytes of an .onnx file (never touches the filesystem),
+            or a path.
+        expected_features: F the serving features produce; checked when given.
+
+    Raises:
+        ModelContractError: the model is unreadable, stores weights in external data
+            files, or its inputs/outputs differ from the contract. The message names the
+            expected and the actual inputs and outputs.
+    """
+    proto = _load(model)
+    graph = proto.graph
+    external = [t.name for t in _tensors(graph) if t.data_location == TensorProto.EXTERNAL]
+    if external:
+        raise ModelContractError(
+            f"the model stores tensors in external data files ({', '.join(external[:5])}); "
+            "save it as one self-contained .onnx file (onnx.save(..., "
+            "save_as_external_data=False))"
+        )
+    init_names = {t.name for t in graph.initializer}
+    inputs = [v for v in graph.input if v.name not in init_names]
+    outputs = list(graph.output)
+    got = f"got inputs {_describe(inputs)}, outputs {_describe(outputs)}"
+    if not inputs and not outputs:
+        raise ModelContractError(f"not a valid ONNX model (it has no graph); {EXPECTED}")
+
+    def fail(why: str) -> ModelContractError:
+        return ModelContractError(f"{why}: {EXPECTED}; {got}")
+
+    in_names = sorted(v.name for v in inputs)
+    out_names = sorted(v.name for v in outputs)
+    if in_names == [FEATURES] and out_names == [PROBABILITY]:
+        kind: Literal["stateful", "stateless"] = "stateless"
+    elif in_names == sorted([FEATURES, HIDDEN_IN]) and out_names == sorted(
+        [PROBABILITY, HIDDEN_OUT]
+    ):
+        kind = "stateful"
+    else:
+        raise fail("unexpected input/output names")
+
+    by_name = {v.name: v for v in [*inputs, *outputs]}
+    for name, v in by_name.items():
+        if v.type.tensor_type.elem_type != TensorProto.FLOAT:
+            raise fail(f"{name} is not float32")
+        dims = _dims(v)
+        if len(dims) != 2:
+            raise fail(f"{name} must have rank 2 [batch, ...], has rank {len(dims)}")
+        if isinstance(dims[0], int):
+            raise fail(f"{name} has a fixed batch size {dims[0]}; the batch axis must be dynamic")
+
+    n_features = _dims(by_name[FEATURES])[1]
+    if not isinstance(n_features, int) or n_features <= 0:
+        raise fail(f"{FEATURES} needs a fixed positive feature count F, has {n_features!r}")
+    if expected_features is not None and n_features != expected_features:
+        raise fail(
+            f"{FEATURES} has F={n_features} but the serving features have F={expected_features}"
+        )
+    if _dims(by_name[PROBABILITY])[1] != 1:
+        raise fail(f"{PROBABILITY} must be [batch, 1]")
+
+    hidden = 0
+    if kind == "stateful":
+        h_in, h_out = _dims(by_name[HIDDEN_IN])[1], _dims(by_name[HIDDEN_OUT])[1]
+        if not isinstance(h_in, int) or h_in <= 0:
+            raise fail(f"{HIDDEN_IN} needs a fixed positive hidden size H, has {h_in!r}")
+        if h_in != h_out:
+            raise fail(f"hidden size mismatch: {HIDDEN_IN} has H={h_in}, {HIDDEN_OUT} has {h_out}")
+        hidden = h_in
+    return ModelSignature(kind=kind, n_features=n_features, hidden_size=hidden)

@@ -1,0 +1,1 @@
+"""Training and offline evaluation of the fraud models (needs the `train` extra for torch)."""
