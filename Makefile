@@ -15,14 +15,15 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 
-# A bounded run of the embedded default (generator in, ./out/*.jsonl out, state in ./state).
+# A bounded, resumable run of the embedded default: generator in, ./out/*.jsonl out,
+# state in ./state, recovery snapshots in ./recovery. Run it again after a crash to resume.
 demo: $(BIN)/.installed
-	rm -rf state out
-	FRAUD_EVENTS=$${FRAUD_EVENTS:-$(DEMO_EVENTS)} $(BIN)/python -m bytewax.run dataflows.fraud
+	FRAUD_EVENTS=$${FRAUD_EVENTS:-$(DEMO_EVENTS)} FRAUD_RECOVERY_DIR=$${FRAUD_RECOVERY_DIR:-recovery} \
+		$(BIN)/python -m bytewax_fraud
 
-# The same job, unbounded: runs until stopped (Ctrl-C).
+# The same job, unbounded: runs until stopped (Ctrl-C), resumable.
 run: $(BIN)/.installed
-	$(BIN)/python -m bytewax.run dataflows.fraud
+	FRAUD_RECOVERY_DIR=$${FRAUD_RECOVERY_DIR:-recovery} $(BIN)/python -m bytewax_fraud
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
