@@ -137,3 +137,12 @@ def test_rejects_external_data() -> None:
     model.graph.initializer.append(weight)
     with pytest.raises(ModelContractError, match="external data files \\(w\\)"):
         check_contract(model.SerializeToString())
+
+
+def test_rejects_optional_input_with_default() -> None:
+    model = _model(
+        [("input_features", ["batch", 8]), ("scale", [1])], [("output_probability", ["batch", 1])]
+    )
+    model.graph.initializer.append(numpy_helper.from_array(np.ones(1, np.float32), "scale"))
+    with pytest.raises(ModelContractError, match="unexpected input/output names.*scale"):
+        check_contract(model)
