@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from kafka_broker import Broker, tansu_broker, wait_for_metadata
 
 from bytewax_fraud.parse import RawMessage
 
@@ -109,3 +111,19 @@ def raw_message() -> Callable[..., RawMessage]:
         return RawMessage(value=value, **fields)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    """A Kafka-protocol broker for the whole session.
+
+    The one named by KAFKA_BOOTSTRAP_SERVERS if set (outage tests are then
+    skipped), else a tansu broker started here on a free loopback port.
+    """
+    external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if external:
+        wait_for_metadata(external)
+        yield Broker(external)
+        return
+    with tansu_broker(tmp_path_factory.mktemp("tansu") / "tansu.log") as broker:
+        yield broker
