@@ -150,6 +150,11 @@ def start_reporter(interval: float, stream: TextIO | None = None) -> None:
 def format_summary(summary: dict[str, object]) -> str:
     """The end-of-run summary as a few readable lines."""
     dl = summary["dead_letters"]
+    if not summary["scored"] and not dl:
+        return (
+            "[fraud] done: nothing new to score. A bounded run that already finished resumes at"
+            " its end; to start over, delete the state and recovery directories (make clean)."
+        )
     return (
         f"[fraud] done: scored {summary['scored']:,} events in {summary['elapsed_s']} s"
         f" ({summary['events_per_s']:,} ev/s); latency p50 {summary['p50_ms']:.2f} ms,"
