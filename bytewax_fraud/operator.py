@@ -31,7 +31,6 @@ from bytewax_fraud.state.rocksdb import RocksStore
 from bytewax_fraud.status import STATS
 
 
-
 @dataclass(frozen=True)
 class PartitionConfig:
     """What every partition logic of a run shares."""
@@ -111,6 +110,8 @@ class PartitionLogic(StatefulBatchLogic[Event, ScoredBatch, dict[str, Any]]):
             scored.labels,
             scored.replayed,
             scored.expired,
+            scorer.partition,
+            scored.inference_seconds,
         )
         return [scored], StatefulBatchLogic.RETAIN
 
@@ -135,11 +136,15 @@ class PartitionLogic(StatefulBatchLogic[Event, ScoredBatch, dict[str, Any]]):
         scorer = self._scorer
         if scorer is None:
             return {}
+        started = time.perf_counter()
         scorer.store.sync()
         kept = self._config.kept_marks
         self._marks = (self._marks + [scorer.high_water])[-kept:]
         if len(self._marks) == kept:
             scorer.prune_outbox(self._marks[0])
+        STATS.record_snapshot(
+            scorer.partition, time.perf_counter() - started, scorer.store.estimate_keys()
+        )
         _maybe_kill(self._config.kill_at_snapshot)
         return {
             "partition": scorer.partition,

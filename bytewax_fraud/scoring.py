@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from json.encoder import encode_basestring_ascii as _json_str
 
 import numpy as np
@@ -41,6 +41,7 @@ class ScoredBatch:
     labels: np.ndarray  # -1 where the event had no label
     replayed: int
     expired: int
+    inference_seconds: list[float] = field(default_factory=list)
 
 
 class PartitionScorer:
@@ -82,6 +83,7 @@ class PartitionScorer:
             labels=np.concatenate([p.labels for p in parts]),
             replayed=sum(p.replayed for p in parts),
             expired=sum(p.expired for p in parts),
+            inference_seconds=[t for p in parts for t in p.inference_seconds],
         )
 
     def _score(self, events: Sequence[Event]) -> ScoredBatch:
@@ -124,6 +126,7 @@ class PartitionScorer:
         applied = np.zeros(n, bool)
         dirty = np.zeros(len(users), bool)
         expired_total = 0
+        infer: list[float] = []
         order = np.argsort(wave_of, kind="stable")
         bounds = np.searchsorted(wave_of[order], np.arange(int(wave_of.max()) + 2))
         for wave in range(len(bounds) - 1):
@@ -147,7 +150,9 @@ class PartitionScorer:
                 ts[e],
                 merchant[e],
             )
+            t = time.perf_counter()
             p, h = model.predict(feats, st.hidden[r] if model.hidden_size else None)
+            infer.append(time.perf_counter() - t)
             prob[e] = p
             if h is not None:
                 st.hidden[r] = h
@@ -211,6 +216,7 @@ class PartitionScorer:
             labels=label,
             replayed=len(replayed),
             expired=expired_total,
+            inference_seconds=infer,
         )
 
     def _read_outbox(

@@ -27,6 +27,38 @@ def _percentile(hist: np.ndarray, q: float) -> float:
     return float(_EDGES[min(i + 1, len(_EDGES) - 1)])
 
 
+#: Upper bounds of the Prometheus-style histograms (a final +Inf bucket is implied).
+BATCH_BUCKETS: tuple[float, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+INFERENCE_BUCKETS: tuple[float, ...] = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 1)
+SNAPSHOT_BUCKETS: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 1, 3, 10)
+#: End-to-end latency buckets, in seconds.
+LATENCY_BUCKETS: tuple[float, ...] = (1e-3, 2e-3, 5e-3, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5)
+
+
+@dataclass
+class Histogram:
+    """Counts per bucket (upper bounds `bounds`, then +Inf), their sum and count."""
+
+    bounds: tuple[float, ...]
+    counts: np.ndarray = field(init=False)
+    sum: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.counts = np.zeros(len(self.bounds) + 1, np.int64)
+
+    def observe(self, values: np.ndarray | list[float]) -> None:
+        """Add observations (the caller holds the stats lock)."""
+        v = np.asarray(values, dtype=np.float64)
+        if v.size:
+            np.add.at(self.counts, np.searchsorted(self.bounds, v, side="left"), 1)
+            self.sum += float(v.sum())
+
+    @property
+    def count(self) -> int:
+        """Number of observations."""
+        return int(self.counts.sum())
+
+
 @dataclass
 class _Window:
     events: int = 0
@@ -49,6 +81,13 @@ class RunStats:
     false_pos: int = 0
     false_neg: int = 0
     threshold: float = 0.5
+    rollout: float = 0.0
+    batch_sizes: Histogram = field(default_factory=lambda: Histogram(BATCH_BUCKETS))
+    inference_seconds: Histogram = field(default_factory=lambda: Histogram(INFERENCE_BUCKETS))
+    snapshot_seconds: Histogram = field(default_factory=lambda: Histogram(SNAPSHOT_BUCKETS))
+    latency_seconds: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS))
+    partition_keys: dict[int, int] = field(default_factory=dict)
+    partition_expired: Counter[int] = field(default_factory=Counter)
     started: float = field(default_factory=time.monotonic)
     total: _Window = field(default_factory=_Window)
     interval: _Window = field(default_factory=_Window)
@@ -62,6 +101,8 @@ class RunStats:
         labels: np.ndarray,
         replayed: int,
         expired: int,
+        partition: int = 0,
+        inference_seconds: list[float] | None = None,
     ) -> None:
         """Count a scored batch (replayed events carry NaN latency and are not timed)."""
         lat = latencies_ms[~np.isnan(latencies_ms)]
@@ -72,12 +113,23 @@ class RunStats:
             self.scored += len(latencies_ms)
             self.replayed += replayed
             self.expired += expired
+            if expired:
+                self.partition_expired[partition] += expired
+            self.batch_sizes.observe([len(latencies_ms)])
+            self.inference_seconds.observe(inference_seconds or [])
+            self.latency_seconds.observe(lat / 1000.0)
             for w in (self.total, self.interval):
                 w.events += len(latencies_ms)
                 w.hist += h
             self.true_pos += int((flagged & labelled & (labels == 1)).sum())
             self.false_pos += int((flagged & labelled & (labels == 0)).sum())
             self.false_neg += int((~flagged & labelled & (labels == 1)).sum())
+
+    def record_snapshot(self, partition: int, seconds: float, keys: int) -> None:
+        """Count a partition snapshot and its (estimated) number of stored keys."""
+        with self.lock:
+            self.snapshot_seconds.observe([seconds])
+            self.partition_keys[partition] = keys
 
     def record_dead_letters(self, reasons: list[str]) -> None:
         """Count dead letters by error class."""

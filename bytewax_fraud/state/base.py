@@ -45,6 +45,10 @@ class StateStore(Protocol):
         """Make every write so far durable (fsync the write-ahead log)."""
         ...
 
+    def estimate_keys(self) -> int:
+        """An estimate of the number of keys (users and outbox entries)."""
+        ...
+
     def close(self) -> None:
         """Release the store."""
         ...

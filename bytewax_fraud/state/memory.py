@@ -40,5 +40,8 @@ class MemoryStore:
     def sync(self) -> None:
         pass
 
+    def estimate_keys(self) -> int:
+        return len(self._data)
+
     def close(self) -> None:
         pass

@@ -74,5 +74,8 @@ class RocksStore:
     def sync(self) -> None:
         self._db.flush_wal(True)
 
+    def estimate_keys(self) -> int:
+        return int(self._db.property_int_value("rocksdb.estimate-num-keys") or 0)
+
     def close(self) -> None:
         self._db.close()
