@@ -174,6 +174,8 @@ def load_settings(**overrides: Any) -> Settings:
             field = str(err["loc"][0]) if err["loc"] else "?"
             name = f"FRAUD_{field.upper()}"
             got = err.get("input")
+            if field == "kafka_properties":  # may hold credentials: never echo them
+                got = "<hidden>"
             msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 lines.append(f"unknown setting {field!r}: remove it (see --help for the list)")

@@ -28,7 +28,7 @@ from bytewax_fraud.kafka.config import (
     read_properties_file,
 )
 from bytewax_fraud.kafka.sinks import headers_dict
-from bytewax_fraud.parse import RawMessage
+from bytewax_fraud.parse import RawMessage, parse_message
 from bytewax_fraud.partitioning import partition_for
 from bytewax_fraud.produce import generated, produce
 from bytewax_fraud.settings import Settings, load_settings
@@ -375,7 +375,6 @@ def test_invalid_properties_never_reveal_secrets(tmp_path: Path) -> None:
 def test_dead_letter_value_b64_round_trip() -> None:
     # The key kept for Kafka is the original bytes, even when they are not UTF-8.
     from bytewax_fraud.kafka.sinks import dead_letter_message
-    from bytewax_fraud.parse import parse_message
 
     raw = RawMessage(b"nope", b"\xff\x00k", "t", 1, 7, 1.5, 0)
     dead = parse_message(raw)
@@ -383,3 +382,28 @@ def test_dead_letter_value_b64_round_trip() -> None:
     assert key == b"\xff\x00k" and value == b"nope"
     assert dict(headers)["__connect.errors.timestamp"] == b"1500"
     assert base64.b64decode(dead.key_b64 or "") == b"\xff\x00k"  # type: ignore[union-attr]
+
+
+def test_undelivered_messages_are_counted_and_stop_the_sink() -> None:
+    from bytewax_fraud.kafka.errors import KafkaDeliveryError
+    from bytewax_fraud.kafka.sinks import KafkaDeadLetterSink
+
+    s = load_settings(
+        kafka_bootstrap_servers="127.0.0.1:1",  # nothing listens there
+        kafka_properties={"message.timeout.ms": 300, "log_level": 0},
+    )
+    part = KafkaDeadLetterSink("dead", producer_config(s)).build("out", 0, 1)
+    dead = parse_message(RawMessage(b"nope", None, "t", 0, 0, None, 0))
+    before = STATS.delivery_failures
+    with pytest.raises(KafkaDeliveryError, match="1 message.*not delivered"):
+        part.write_batch([dead])  # type: ignore[list-item]
+    assert STATS.delivery_failures == before + 1
+
+
+def test_bad_properties_setting_is_not_echoed(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bytewax_fraud.errors import SettingsError
+
+    monkeypatch.setenv("FRAUD_KAFKA_PROPERTIES", '{"sasl.password": {"nested": "hunter2"}}')
+    with pytest.raises(SettingsError) as err:
+        load_settings()
+    assert "hunter2" not in str(err.value)
