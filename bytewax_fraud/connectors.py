@@ -9,15 +9,27 @@ while a message broker takes one message per item.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from typing import Any
 
 import bytewax.operators as op
 from bytewax.dataflow import Stream
-from bytewax.inputs import Source
+from bytewax.inputs import FixedPartitionedSource, Source
 from bytewax.outputs import Sink
 
 from bytewax_fraud import kafka
+from bytewax_fraud.control.commands import ControlMessage
+from bytewax_fraud.control.reader import (
+    ControlReader,
+    WithControl,
+    file_reader,
+    kafka_reader,
+    null_reader,
+)
 from bytewax_fraud.events import DeadLetter
+from bytewax_fraud.kafka.admin import admin_client, partition_count
+from bytewax_fraud.kafka.config import admin_config, consumer_config
 from bytewax_fraud.parse import RawMessage, dead_letter_json
 from bytewax_fraud.scoring import ScoredBatch
 from bytewax_fraud.settings import Settings
@@ -25,20 +37,51 @@ from bytewax_fraud.sinks import JsonLinesSink, StdoutSink
 from bytewax_fraud.source import GeneratorSource
 from bytewax_fraud.status import STATS
 
+log = logging.getLogger(__name__)
 
-def make_source(s: Settings) -> Source[RawMessage]:
-    """The input of this run (for Kafka, after checking the topics: fails at start)."""
+
+def make_source(s: Settings) -> Source[RawMessage | ControlMessage]:
+    """The input of this run, each partition merged with the control input.
+
+    For Kafka the topics are checked first, so a missing topic or a wrong
+    partition count fails at start.
+    """
+    inner: FixedPartitionedSource[RawMessage, Any]
     if s.kafka_bootstrap_servers:
-        return kafka.kafka_source(s)
-    return GeneratorSource(
-        users=s.users,
-        seed=s.seed,
-        partitions=s.partitions,
-        events=s.events,
-        rate=s.rate,
-        batch_max=s.batch_max,
-        batch_timeout_s=s.batch_timeout_ms / 1000.0,
-    )
+        inner = kafka.kafka_source(s)
+    else:
+        inner = GeneratorSource(
+            users=s.users,
+            seed=s.seed,
+            partitions=s.partitions,
+            events=s.events,
+            rate=s.rate,
+            batch_max=s.batch_max,
+            batch_timeout_s=s.batch_timeout_ms / 1000.0,
+        )
+    return WithControl(inner, control_reader(s), *_control_name(s), s.control_poll_interval)
+
+
+def _control_name(s: Settings) -> tuple[str]:
+    if s.control_file is not None:
+        return (str(s.control_file),)
+    return (s.topic_control if s.kafka_bootstrap_servers else "none",)
+
+
+def control_reader(s: Settings) -> Callable[[dict[str, Any] | None], ControlReader]:
+    """The control input: FRAUD_CONTROL_FILE if set, else the Kafka control topic if it exists."""
+    if s.control_file is not None:
+        return file_reader(s.control_file)
+    if s.kafka_bootstrap_servers:
+        admin = admin_client(admin_config(s))
+        if partition_count(admin, s.topic_control) is None:
+            log.warning(
+                "control topic %r does not exist: no model control (create it with 1 partition)",
+                s.topic_control,
+            )
+            return null_reader
+        return kafka_reader(consumer_config(s), s.topic_control)
+    return null_reader
 
 
 def _prediction_blob(item: tuple[str, ScoredBatch]) -> tuple[str, bytes]:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import atexit
 import functools
+import hashlib
 import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -20,17 +22,22 @@ from bytewax.outputs import Sink
 from bytewax.recovery import RecoveryConfig
 
 from bytewax_fraud.connectors import make_source, output_dead_letters, output_predictions
-from bytewax_fraud.errors import StateError
+from bytewax_fraud.control.commands import ControlItem, ControlMessage, ControlRejected
+from bytewax_fraud.control.deployment import control_dead_letter
+from bytewax_fraud.control.gate import CommandValidator, ModelGate
+from bytewax_fraud.errors import RecoveryError, StateError
 from bytewax_fraud.events import DeadLetter
 from bytewax_fraud.features import N_FEATURES
-from bytewax_fraud.model.runtime import load_model
+from bytewax_fraud.model.runtime import LoadedModel, load_model, load_model_bytes
 from bytewax_fraud.operator import PartitionConfig, logic_builder
-from bytewax_fraud.parse import Event, parse_message
+from bytewax_fraud.parse import Event, RawMessage, parse_message
 from bytewax_fraud.partitioning import routing_key
 from bytewax_fraud.recovery import prepare_recovery
+from bytewax_fraud.scoring import ScoredBatch
 from bytewax_fraud.settings import Settings, load_settings
 from bytewax_fraud.state.manifest import NAME, ensure_manifest, run_id
 from bytewax_fraud.status import STATS, format_summary, start_reporter
+from bytewax_fraud.telemetry import start_exporter
 
 
 @dataclass(frozen=True)
@@ -42,12 +49,66 @@ class Job:
     epoch_interval: timedelta
 
 
-def _is_event(x: Event | DeadLetter) -> TypeGuard[Event]:
-    return isinstance(x, Event)
+def _ingest(
+    validator: CommandValidator, max_bytes: int, item: RawMessage | ControlMessage
+) -> list[Event | ControlItem | DeadLetter]:
+    """Parse a data message, or validate a control message (reported once, by partition 0)."""
+    if isinstance(item, ControlMessage):
+        outcome = validator.validate(item)
+        if isinstance(outcome, ControlRejected):
+            if item.partition != 0:
+                return []
+            return [control_dead_letter(item.seq, item.value, outcome, item.source)]
+        return [outcome]
+    return [parse_message(item, max_message_bytes=max_bytes)]
 
 
-def _route(ev: Event) -> str:
-    return routing_key(ev.partition)
+def _is_scorable(x: Event | ControlItem | DeadLetter) -> TypeGuard[Event | ControlItem]:
+    return isinstance(x, Event | ControlItem)
+
+
+def _route(x: Event | ControlItem) -> str:
+    return routing_key(x.partition)
+
+
+def _value(kv: tuple[str, Any]) -> Any:
+    return kv[1]
+
+
+def _is_scored(
+    kv: tuple[str, ScoredBatch | DeadLetter],
+) -> TypeGuard[tuple[str, ScoredBatch]]:
+    return isinstance(kv[1], ScoredBatch)
+
+
+def _restorer(s: Settings) -> Callable[[dict[str, str]], LoadedModel]:
+    """Loads a model named in a persisted deployment, refusing a changed or missing file."""
+
+    def restore(ref: dict[str, str]) -> LoadedModel:
+        path = Path(ref["path"])
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise RecoveryError(
+                f"model {ref['model_id']} ({path}) served before the restart but cannot be read"
+                f" ({exc}): put the file back, or delete the state to start fresh"
+            ) from exc
+        if hashlib.sha256(data).hexdigest() != ref["sha256"]:
+            raise RecoveryError(
+                f"model {ref['model_id']} at {path} changed since it was deployed (sha256 differs):"
+                " put back the deployed file; model files must not be changed in place"
+            )
+        return load_model_bytes(
+            data,
+            model_id=ref["model_id"],
+            device=s.device,
+            threads=s.ort_threads,
+            expected_features=N_FEATURES,
+            warmup_batch=s.batch_max,
+            source=str(path),
+        )
+
+    return restore
 
 
 def build_job(
@@ -102,21 +163,26 @@ def build_job(
         batch_max=s.batch_max,
         sweep_interval=s.sweep_interval,
         sweep_chunk=s.sweep_chunk,
+        restore_model=_restorer(s),
         kept_marks=3 + math.ceil(s.backup_interval / s.snapshot_interval),
         kill_at_snapshot=s.fault_kill_at_snapshot,
     )
+    validator = CommandValidator(
+        ModelGate(s.model_dir, s.device, s.ort_threads, warmup_batch=s.batch_max)
+    )
     flow = Dataflow("fraud")
     raw = op.input("transactions", flow, source or make_source(s))
-    parsed = op.map(
-        "parse", raw, functools.partial(parse_message, max_message_bytes=s.max_message_bytes)
-    )
-    split = op.branch("split_valid", parsed, _is_event)
+    parsed = op.flat_map("parse", raw, functools.partial(_ingest, validator, s.max_message_bytes))
+    split = op.branch("split_valid", parsed, _is_scorable)
     keyed = op.key_on("by_partition", split.trues, _route)
     scored = op.stateful_batch("score", keyed, logic_builder(config))
-    output_predictions(scored, s, fresh, predictions)
-    dead: Stream[Any] = split.falses  # the complement of _is_event: DeadLetter
+    results = op.branch("split_results", scored, _is_scored)
+    output_predictions(results.trues, s, fresh, predictions)
+    rejected = op.map("unkey_rejected", results.falses, _value)
+    dead: Stream[Any] = op.merge("all_dead_letters", split.falses, rejected)
     output_dead_letters(dead, s, fresh, dead_letters)
     start_reporter(s.status_interval)
+    start_exporter(s.metrics_port)
     _register_summary(s.summary_file)
     epoch = timedelta(seconds=s.snapshot_interval if recovery else 10.0)
     return Job(flow, recovery, epoch)

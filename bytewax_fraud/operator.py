@@ -20,11 +20,20 @@ from typing import Any
 
 from bytewax.operators import StatefulBatchLogic
 
+from bytewax_fraud.control.commands import ControlItem, ControlRejected
+from bytewax_fraud.control.deployment import (
+    DEPLOYMENTS_KEY,
+    Deployment,
+    DeploymentLog,
+    control_dead_letter,
+)
+from bytewax_fraud.control.deployment import apply as apply_command
 from bytewax_fraud.errors import RecoveryError
+from bytewax_fraud.events import DeadLetter
 from bytewax_fraud.model.runtime import LoadedModel
 from bytewax_fraud.parse import Event
 from bytewax_fraud.scoring import PartitionScorer, ScoredBatch
-from bytewax_fraud.state.base import USER_PREFIX, StateStore
+from bytewax_fraud.state.base import HIGH_WATER_KEY, REPLAY_FLOOR_KEY, USER_PREFIX, StateStore
 from bytewax_fraud.state.manifest import partition_dir
 from bytewax_fraud.state.memory import MemoryStore
 from bytewax_fraud.state.rocksdb import RocksStore
@@ -42,6 +51,8 @@ class PartitionConfig:
     batch_max: int
     sweep_interval: float
     sweep_chunk: int
+    #: Loads a model named in a persisted deployment (on resume); see control/deployment.py.
+    restore_model: Callable[[dict[str, str]], LoadedModel]
     #: Snapshot high-water marks kept. A resume restarts at most one snapshot back (or
     #: `backup_interval` back, from a backup of the recovery directory), so outbox entries
     #: and records older than the oldest kept mark are safe to drop. At least 3.
@@ -61,18 +72,34 @@ def open_store(config: PartitionConfig, partition: int, resuming: bool) -> State
             " or delete both to start fresh"
         )
     store = RocksStore(path)
-    if not resuming and store.scan(USER_PREFIX, bytes([USER_PREFIX[0] + 1]), 1):
-        store.close()
-        raise RecoveryError(
-            f"{path} already holds user state, but this run starts partition {partition} from"
-            " the beginning of its input (no recovery data), so events would be applied twice."
-            " Resume with the recovery directory that belongs to this state (bytewax.run -r),"
-            " or delete the state directory to start fresh"
-        )
+    if not resuming:
+        # Starting from the beginning of the input is safe while the store can still fence
+        # and re-emit everything from offset 0 (e.g. a crash before the first snapshot).
+        (floor,) = store.get_many([REPLAY_FLOOR_KEY])
+        if floor is not None and int.from_bytes(floor, "big") > 0:
+            store.close()
+            raise RecoveryError(
+                f"{path} already holds user state up to offset {int.from_bytes(floor, 'big')}"
+                f" or later, but this run starts partition {partition} from the beginning of its"
+                " input (no recovery data), so events would be applied twice. Resume with the"
+                " recovery directory that belongs to this state (bytewax.run -r), or delete the"
+                " state directory to start fresh"
+            )
     return store
 
 
-class PartitionLogic(StatefulBatchLogic[Event, ScoredBatch, dict[str, Any]]):
+def _show_deployment(dep: Deployment) -> None:
+    with STATS.lock:
+        STATS.model = dep.label()
+        STATS.rollout = dep.rollout if dep.candidate is not None else 1.0
+
+
+#: What the scoring step takes in (events and control items) and gives out.
+Inbound = Event | ControlItem
+Outbound = ScoredBatch | DeadLetter
+
+
+class PartitionLogic(StatefulBatchLogic[Inbound, Outbound, dict[str, Any]]):
     """Scores one partition's events; the partition is learnt from the first event."""
 
     def __init__(
@@ -85,6 +112,7 @@ class PartitionLogic(StatefulBatchLogic[Event, ScoredBatch, dict[str, Any]]):
         self._resume = resume
         self._clock = clock
         self._scorer: PartitionScorer | None = None
+        self._log = DeploymentLog([])
         self._marks: list[int] = list(resume["marks"]) if resume else []
         self._cursor: bytes | None = resume.get("cursor") if resume else None
         self._next_sweep = clock() + config.sweep_interval
@@ -98,12 +126,34 @@ class PartitionLogic(StatefulBatchLogic[Event, ScoredBatch, dict[str, Any]]):
         if self._resume is not None:
             scorer.high_water = int(self._resume["high_water"])
             scorer.watermark = float(self._resume["watermark"])
+        meta, hw = store.get_many([DEPLOYMENTS_KEY, HIGH_WATER_KEY])
+        if hw is not None:
+            scorer.high_water = max(scorer.high_water, int.from_bytes(hw, "big"))
+        if meta is not None:
+            self._log = DeploymentLog.from_bytes(meta, c.restore_model)
+            scorer.deployment = self._log.stack[-1]
+        else:
+            self._log = DeploymentLog([scorer.deployment])
+        _show_deployment(scorer.deployment)
         self._scorer = scorer
         return scorer
 
-    def on_batch(self, values: list[Event]) -> tuple[Iterable[ScoredBatch], bool]:
+    def on_batch(self, values: list[Inbound]) -> tuple[Iterable[Outbound], bool]:
         scorer = self._scorer or self._open(values[0].partition)
-        scored = scorer.score(values)
+        out: list[Outbound] = []
+        start = 0
+        for i, value in enumerate(values):
+            if isinstance(value, ControlItem):
+                out += self._score(scorer, values[start:i])
+                out += self._control(scorer, value)
+                start = i + 1
+        out += self._score(scorer, values[start:])
+        return out, StatefulBatchLogic.RETAIN
+
+    def _score(self, scorer: PartitionScorer, events: list[Any]) -> list[ScoredBatch]:
+        if not events:
+            return []
+        scored = scorer.score(events)
         STATS.record_scored(
             scored.latencies_ms,
             scored.probabilities,
@@ -113,14 +163,32 @@ class PartitionLogic(StatefulBatchLogic[Event, ScoredBatch, dict[str, Any]]):
             scorer.partition,
             scored.inference_seconds,
         )
-        return [scored], StatefulBatchLogic.RETAIN
+        return [scored]
+
+    def _control(self, scorer: PartitionScorer, item: ControlItem) -> list[DeadLetter]:
+        """Apply a command at this point of the partition's stream (once, even on replay)."""
+        log = self._log
+        if item.seq <= log.applied_seq:
+            return []  # replayed after a resume: it took effect the first time
+        rejected: list[DeadLetter] = []
+        try:
+            stack = apply_command(log.stack, item)
+        except ControlRejected as rej:
+            stack = log.stack
+            if item.partition == 0:  # every partition sees it; report it once
+                rejected.append(control_dead_letter(item.seq, item.command, rej))
+        log.record(item, stack, scorer.high_water)
+        scorer.deployment = stack[-1]
+        scorer.store.write([DEPLOYMENTS_KEY], [log.to_bytes()])
+        _show_deployment(scorer.deployment)
+        return rejected
 
     def notify_at(self) -> datetime | None:
         if self._scorer is None:
             return None
         return datetime.fromtimestamp(self._next_sweep, UTC)
 
-    def on_notify(self) -> tuple[Iterable[ScoredBatch], bool]:
+    def on_notify(self) -> tuple[Iterable[Outbound], bool]:
         scorer = self._scorer
         if scorer is not None:
             safe = self._marks[0] if len(self._marks) == self._config.kept_marks else 0

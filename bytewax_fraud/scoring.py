@@ -22,11 +22,19 @@ from json.encoder import encode_basestring_ascii as _json_str
 
 import numpy as np
 
+from bytewax_fraud.control.deployment import Deployment
 from bytewax_fraud.errors import RecoveryError
 from bytewax_fraud.features import compute_features, merchant_code, push
 from bytewax_fraud.model.runtime import LoadedModel
 from bytewax_fraud.parse import Event
-from bytewax_fraud.state.base import USER_PREFIX, StateStore, outbox_key, user_key
+from bytewax_fraud.state.base import (
+    HIGH_WATER_KEY,
+    REPLAY_FLOOR_KEY,
+    USER_PREFIX,
+    StateStore,
+    outbox_key,
+    user_key,
+)
 from bytewax_fraud.state.codec import UserStates, decode, decode_headers, encode
 
 
@@ -58,7 +66,8 @@ class PartitionScorer:
     ) -> None:
         self.partition = partition
         self.store = store
-        self.model = model
+        #: The models serving this partition; control commands replace it.
+        self.deployment = Deployment(model)
         self.window = window
         self.ttl = ttl_seconds
         self.batch_max = batch_max
@@ -69,26 +78,30 @@ class PartitionScorer:
 
     def score(self, events: Sequence[Event]) -> ScoredBatch:
         """Score events (in partition order), splitting into batches of at most `batch_max`."""
-        parts = [
-            self._score(events[i : i + self.batch_max])
-            for i in range(0, len(events), self.batch_max)
-        ]
-        if len(parts) == 1:
-            return parts[0]
-        return ScoredBatch(
-            user_ids=[u for p in parts for u in p.user_ids],
-            lines=[line for p in parts for line in p.lines],
-            latencies_ms=np.concatenate([p.latencies_ms for p in parts]),
-            probabilities=np.concatenate([p.probabilities for p in parts]),
-            labels=np.concatenate([p.labels for p in parts]),
-            replayed=sum(p.replayed for p in parts),
-            expired=sum(p.expired for p in parts),
-            inference_seconds=[t for p in parts for t in p.inference_seconds],
+        return _concat(
+            [
+                self._score_deployed(events[i : i + self.batch_max])
+                for i in range(0, len(events), self.batch_max)
+            ]
         )
 
-    def _score(self, events: Sequence[Event]) -> ScoredBatch:
+    def _score_deployed(self, events: Sequence[Event]) -> ScoredBatch:
+        """Score with the deployment's models: the candidate's users apart from the rest."""
+        dep = self.deployment
+        if dep.candidate is None:
+            return self._score(events, dep.primary)
+        mask = dep.on_candidate([ev.tx.user_id for ev in events])
+        parts = []
+        for idx, model in (
+            (np.flatnonzero(~mask), dep.primary),
+            (np.flatnonzero(mask), dep.candidate),
+        ):
+            if len(idx):
+                parts.append((idx, self._score([events[i] for i in idx.tolist()], model)))
+        return _interleave(parts, len(events))
+
+    def _score(self, events: Sequence[Event], model: LoadedModel) -> ScoredBatch:
         n = len(events)
-        model = self.model
         # 1. Columns and grouping: the only per-event Python loop.
         rows: dict[str, int] = {}
         seen: dict[str, int] = {}
@@ -191,7 +204,8 @@ class PartitionScorer:
         if replayed:
             self._read_outbox(events, replayed, lines, prob, latency)
 
-        # 5. One atomic write: records of changed users + outbox entries.
+        # 5. One atomic write: records of changed users, outbox entries, the high-water mark.
+        self.high_water = max(self.high_water, int(offset.max()) + 1)
         d = np.flatnonzero(dirty)
         if len(d):
             sub = UserStates(
@@ -204,9 +218,10 @@ class PartitionScorer:
                 hidden=st.hidden[d],
             )
             recs = encode(sub, model.tag)
-            self.store.write([keys[j] for j in d.tolist()] + out_keys, recs + out_vals)
-        if applied.any():
-            self.high_water = max(self.high_water, int(offset[applied].max()) + 1)
+            self.store.write(
+                [keys[j] for j in d.tolist()] + out_keys + [HIGH_WATER_KEY],
+                recs + out_vals + [self.high_water.to_bytes(8, "big")],
+            )
         self.watermark = max(self.watermark, float(ts.max()))
         return ScoredBatch(
             user_ids=user_ids,
@@ -246,6 +261,11 @@ class PartitionScorer:
         """Drop outbox entries for offsets below `below` (they can no longer be replayed)."""
         if below > 0:
             self.store.delete_range(outbox_key(0), outbox_key(below))
+            self._raise_floor(below)
+
+    def _raise_floor(self, offset: int) -> None:
+        """Record that a restart must not replay input below `offset` (see `replay_floor`)."""
+        self.store.write([REPLAY_FLOOR_KEY], [offset.to_bytes(8, "big")])
 
     def sweep(self, start: bytes, limit: int, safe_offset: int) -> tuple[bytes | None, int]:
         """Delete expired user records in one chunk of the key space.
@@ -267,5 +287,50 @@ class PartitionScorer:
         doomed = [items[i][0] for i in np.flatnonzero(stale).tolist()]
         if doomed:
             self.store.write([], [], doomed)
+            self._raise_floor(safe_offset)
         nxt = items[-1][0] + b"\x00"
         return (nxt if len(items) == limit else None), len(doomed)
+
+
+def _concat(parts: list[ScoredBatch]) -> ScoredBatch:
+    """Join batches scored one after the other."""
+    if len(parts) == 1:
+        return parts[0]
+    return ScoredBatch(
+        user_ids=[u for p in parts for u in p.user_ids],
+        lines=[line for p in parts for line in p.lines],
+        latencies_ms=np.concatenate([p.latencies_ms for p in parts]),
+        probabilities=np.concatenate([p.probabilities for p in parts]),
+        labels=np.concatenate([p.labels for p in parts]),
+        replayed=sum(p.replayed for p in parts),
+        expired=sum(p.expired for p in parts),
+        inference_seconds=[t for p in parts for t in p.inference_seconds],
+    )
+
+
+def _interleave(parts: list[tuple[np.ndarray, ScoredBatch]], n: int) -> ScoredBatch:
+    """Merge batches scored apart (one per model) back into input order."""
+    if len(parts) == 1:
+        return parts[0][1]
+    user_ids: list[str] = [""] * n
+    lines: list[bytes] = [b""] * n
+    latencies = np.empty(n, np.float64)
+    probs = np.empty(n, np.float32)
+    labels = np.empty(n, np.int8)
+    for idx, part in parts:
+        for j, i in enumerate(idx.tolist()):
+            user_ids[i] = part.user_ids[j]
+            lines[i] = part.lines[j]
+        latencies[idx] = part.latencies_ms
+        probs[idx] = part.probabilities
+        labels[idx] = part.labels
+    return ScoredBatch(
+        user_ids=user_ids,
+        lines=lines,
+        latencies_ms=latencies,
+        probabilities=probs,
+        labels=labels,
+        replayed=sum(p.replayed for _, p in parts),
+        expired=sum(p.expired for _, p in parts),
+        inference_seconds=[t for _, p in parts for t in p.inference_seconds],
+    )

@@ -93,6 +93,13 @@ class Settings(BaseSettings):
     fault_kill_at_snapshot: int | None = Field(
         None, ge=1, description="testing only: SIGKILL the process inside its Nth snapshot"
     )
+    control_file: Path | None = Field(
+        None, description="JSON Lines file of model-control commands, tailed while running"
+    )
+    model_dir: Path = Field(MODELS_DIR, description="control commands may only load models here")
+    control_poll_interval: float = Field(
+        0.5, gt=0, description="seconds between reads of the control input"
+    )
     summary_file: Path | None = Field(
         None, description="also write the end-of-run summary as JSON to this file"
     )
@@ -158,6 +165,11 @@ class Settings(BaseSettings):
             raise ValueError(f"no Kafka properties file at {v}")
         return v
 
+    # --- Operations ---------------------------------------------------------------------------
+    metrics_port: int | None = Field(
+        None, ge=1, le=65535, description="serve Prometheus metrics on this port (unset: off)"
+    )
+
 
 def _describe(field: str) -> str:
     info = Settings.model_fields.get(field)
@@ -188,6 +200,6 @@ def settings_help() -> str:
     """A table of every setting, its variable, default and meaning (for --help and the README)."""
     rows = []
     for name, info in Settings.model_fields.items():
-        default = info.default
+        default = info.get_default(call_default_factory=True)
         rows.append(f"  FRAUD_{name.upper():<22} {default!s:<28} {info.description or ''}")
     return "Settings (environment variables):\n" + "\n".join(rows)

@@ -12,7 +12,7 @@ import itertools
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
@@ -116,7 +116,7 @@ class _GeneratorPartition(StatefulSourcePartition[RawMessage, int]):
         next_due = self._t0 + (self._offset - self._start + 1) / self._rate
         wake = next_due if deadline is None else min(deadline, next_due)
         delay = max(wake - self._clock(), 0.0)
-        return datetime.now(timezone.utc) + timedelta(seconds=delay)
+        return datetime.now(UTC) + timedelta(seconds=delay)
 
     def snapshot(self) -> int:
         return self._offset

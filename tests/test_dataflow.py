@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -106,9 +107,19 @@ def test_bad_inputs_become_dead_letters_and_valid_neighbours_are_scored(
         assert d.origin.source == "test"
 
 
-def test_restart_on_used_state_without_recovery_is_refused(tmp_path: Path) -> None:
-    s = settings(tmp_path, events=400)
+def test_restart_from_the_beginning_replays_identically_until_outbox_pruning(
+    tmp_path: Path,
+) -> None:
+    """Without recovery data a partition restarts at offset 0: fine while the outbox holds
+    every prediction (fencing re-emits them), refused once snapshots have pruned it."""
+    s = settings(tmp_path, events=2000)
     run_main(build_dataflow(s))
+    first = canonical(read_lines(s.output_dir / "predictions.jsonl"))
+    run_main(build_dataflow(s))
+    assert canonical(read_lines(s.output_dir / "predictions.jsonl")) == first
+
+    s = settings(tmp_path / "pruned", events=60_000, batch_max=64)
+    run_main(build_dataflow(s), epoch_interval=timedelta(milliseconds=20))
     with pytest.raises(Exception) as err:  # noqa: B017 - bytewax wraps errors raised in steps
         run_main(build_dataflow(s))
     cause = err.value.__cause__

@@ -19,7 +19,7 @@ from bytewax_fraud.state.codec import model_tag
 log = logging.getLogger(__name__)
 
 _LOCK = threading.Lock()
-_CACHE: dict[tuple[str, str, int], LoadedModel] = {}
+_CACHE: dict[tuple[str, str, str, int], LoadedModel] = {}
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,7 @@ class LoadedModel:
     sha256: str
     signature: ModelSignature
     device: str
+    path: str = field(compare=False)
     session: ort.InferenceSession = field(repr=False, compare=False)
 
     @property
@@ -104,14 +105,36 @@ def load_model(
     expected_features: int | None = None,
     warmup_batch: int = 256,
 ) -> LoadedModel:
-    """Load (or reuse) the process-wide session for a model file.
+    """Load (or reuse) the process-wide session for a model file."""
+    return load_model_bytes(
+        Path(path).read_bytes(),
+        model_id=model_id or Path(path).stem,
+        device=device,
+        threads=threads,
+        expected_features=expected_features,
+        warmup_batch=warmup_batch,
+        source=str(path),
+    )
 
-    The file is read once; the contract check, the hash and the session all use
-    those same bytes.
+
+def load_model_bytes(
+    data: bytes,
+    *,
+    model_id: str,
+    device: str = "cpu",
+    threads: int = 1,
+    expected_features: int | None = None,
+    warmup_batch: int = 256,
+    source: str = "",
+) -> LoadedModel:
+    """Load (or reuse) the process-wide session for a model's bytes.
+
+    The bytes are read once by the caller; the contract check, the hash and the
+    session all use them. Sessions are shared by every partition of the process,
+    keyed by (sha256, model id, device, threads).
     """
-    data = Path(path).read_bytes()
     sha = hashlib.sha256(data).hexdigest()
-    key = (sha, device, threads)
+    key = (sha, model_id, device, threads)
     with _LOCK:
         cached = _CACHE.get(key)
         if cached is not None:
@@ -119,10 +142,11 @@ def load_model(
         signature = check_contract(data, expected_features=expected_features)
         session, used = _session(data, device, threads)
         model = LoadedModel(
-            model_id=model_id or Path(path).stem,
+            model_id=model_id,
             sha256=sha,
             signature=signature,
             device=used,
+            path=source,
             session=session,
         )
         _warm_up(model, warmup_batch)

@@ -8,6 +8,11 @@ from typing import Protocol
 USER_PREFIX = b"u"
 OUTBOX_PREFIX = b"o"
 META_PREFIX = b"m"
+#: One past the largest input offset the partition has seen (applied or replayed).
+HIGH_WATER_KEY = b"m:high_water"
+#: Input below this offset can no longer be replayed: its outbox entries (and swept
+#: records) are gone. A run that starts a partition from the beginning needs 0 here.
+REPLAY_FLOOR_KEY = b"m:replay_floor"
 
 
 def user_key(user_id: str) -> bytes:

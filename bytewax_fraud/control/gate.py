@@ -1,0 +1,116 @@
+"""Admit a model named by a load command: path, hash, format, contract, warm-up.
+
+The file is read once; the hash, the contract check and the session all use
+those same bytes, so the file cannot change between the check and the load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from bytewax_fraud.control.commands import (
+    ControlItem,
+    ControlMessage,
+    ControlRejected,
+    LoadCommand,
+    parse_command,
+)
+from bytewax_fraud.errors import ModelContractError
+from bytewax_fraud.features import N_FEATURES
+from bytewax_fraud.model.runtime import LoadedModel, load_model_bytes
+
+MAX_MODEL_BYTES = 2 * 1024**3
+
+
+@dataclass(frozen=True)
+class ModelGate:
+    """Checks load commands against the allowed model directory and the contract."""
+
+    model_dir: Path
+    device: str = "cpu"
+    threads: int = 1
+    warmup_batch: int = 256
+
+    def resolve(self, path: str) -> Path:
+        """The real file a command names, refused if it lies outside `model_dir`.
+
+        A relative path is tried against the working directory, then against the
+        model directory. Symlinks are followed before the check, and `..` too.
+        """
+        root = self.model_dir.resolve()
+        raw = Path(path)
+        candidates = [raw] if raw.is_absolute() else [Path.cwd() / raw, root / raw]
+        reals = [c.resolve() for c in candidates]
+        for real in reals:
+            if real.is_relative_to(root) and real.is_file():
+                return real
+        if any(r.exists() for r in reals) or not any(r.is_relative_to(root) for r in reals):
+            raise ControlRejected(
+                "ModelPathOutsideDir",
+                f"{path} resolves to {reals[-1]}, outside the model directory {root}"
+                " (FRAUD_MODEL_DIR); copy the model there",
+            )
+        raise ControlRejected("ModelNotFound", f"no model file at {path} in {root}")
+
+    def admit(self, cmd: LoadCommand) -> LoadedModel:
+        """Load and warm up the model, or raise `ControlRejected` with the reason."""
+        real = self.resolve(cmd.path)
+        if real.stat().st_size > MAX_MODEL_BYTES:
+            raise ControlRejected("ModelTooLarge", f"{cmd.path} is larger than 2 GiB")
+        data = real.read_bytes()
+        sha = hashlib.sha256(data).hexdigest()
+        if cmd.sha256 is not None and sha != cmd.sha256.lower():
+            raise ControlRejected(
+                "Sha256Mismatch",
+                f"{cmd.path} has sha256 {sha}, the command says {cmd.sha256}: the file is not the"
+                " one the command was written for",
+            )
+        try:
+            return load_model_bytes(
+                data,
+                model_id=cmd.model_id,
+                device=self.device,
+                threads=self.threads,
+                expected_features=N_FEATURES,
+                warmup_batch=self.warmup_batch,
+                source=str(real),
+            )
+        except ModelContractError as exc:
+            text = str(exc)
+            kind = "ExternalData" if "external data" in text else "ContractMismatch"
+            if "not a valid ONNX" in text or "not an ONNX" in text or "cannot parse" in text:
+                kind = "NotOnnx"
+            raise ControlRejected(kind, text) from None
+        except Exception as exc:  # onnxruntime refuses a graph the contract check accepted
+            raise ControlRejected("ModelLoadFailed", f"{cmd.path}: {exc}") from None
+
+
+class CommandValidator:
+    """Turns control messages into items, validating each command once per process."""
+
+    def __init__(self, gate: ModelGate) -> None:
+        self._gate = gate
+        self._lock = threading.Lock()
+        self._done: dict[int, ControlItem | ControlRejected] = {}
+
+    def validate(self, msg: ControlMessage) -> ControlItem | ControlRejected:
+        """The item for `msg.partition`, or the rejection (the same for every partition)."""
+        with self._lock:
+            outcome = self._done.get(msg.seq)
+            if outcome is None:
+                outcome = self._check(msg)
+                self._done[msg.seq] = outcome
+        if isinstance(outcome, ControlRejected):
+            return outcome
+        return ControlItem(msg.partition, msg.seq, outcome.command, outcome.model)
+
+    def _check(self, msg: ControlMessage) -> ControlItem | ControlRejected:
+        try:
+            cmd = parse_command(msg.value)
+            model = self._gate.admit(cmd) if isinstance(cmd, LoadCommand) else None
+        except ControlRejected as rej:
+            return rej
+        return ControlItem(msg.partition, msg.seq, cmd, model)
