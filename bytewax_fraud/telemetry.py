@@ -1,0 +1,166 @@
+"""Prometheus metrics of the job, read from `status.STATS` at scrape time.
+
+There is no second set of counters: a custom collector takes the stats lock,
+copies what the scoring steps already count, and turns it into metric
+families. The endpoint uses its own registry, so it never clashes with what
+Bytewax or a library registers on `prometheus_client`'s default registry (and
+Bytewax's own dataflow API, `BYTEWAX_DATAFLOW_API_ENABLED`, serves that default
+registry on another port, 3030).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from bytewax_fraud.errors import SettingsError
+from bytewax_fraud.status import STATS, Histogram, RunStats
+
+
+def _buckets(h: Histogram) -> list[tuple[str, float]]:
+    """Cumulative (le, count) pairs ending with +Inf, as Prometheus expects."""
+    cumulative = h.counts.cumsum().tolist()
+    bounds = [repr(float(b)) for b in h.bounds] + ["+Inf"]
+    return list(zip(bounds, cumulative, strict=True))
+
+
+def _histogram(name: str, doc: str, h: Histogram) -> HistogramMetricFamily:
+    return HistogramMetricFamily(name, doc, buckets=_buckets(h), sum_value=h.sum)
+
+
+class StatsCollector(Collector):
+    """Exports one `RunStats` (the process's `STATS` by default) as `fraud_*` metrics."""
+
+    def __init__(self, stats: RunStats = STATS) -> None:
+        """Read from `stats` at every scrape."""
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        """Build every metric family from one consistent copy of the stats."""
+        s = self._stats
+        with s.lock:
+            scored = s.scored
+            dead = dict(s.dead_letters)
+            values = {
+                "replayed": s.replayed,
+                "expired": s.expired,
+                "swept": s.swept,
+                "delivery_failures": s.delivery_failures,
+            }
+            model, rollout = s.model, s.rollout
+            hists = [
+                _histogram(
+                    "fraud_batch_size",
+                    "Events per scored batch (one stateful-step call of one partition)",
+                    s.batch_sizes,
+                ),
+                _histogram(
+                    "fraud_inference_seconds",
+                    "Duration of one model call (one wave of a batch), in seconds",
+                    s.inference_seconds,
+                ),
+                _histogram(
+                    "fraud_latency_seconds",
+                    "End to end: source hands the event over -> prediction built, in seconds",
+                    s.latency_seconds,
+                ),
+                _histogram(
+                    "fraud_snapshot_seconds",
+                    "Duration of one partition snapshot (WAL sync and outbox pruning), in seconds",
+                    s.snapshot_seconds,
+                ),
+            ]
+            keys = dict(s.partition_keys)
+            part_expired = dict(s.partition_expired)
+
+        events_in = CounterMetricFamily(
+            "fraud_events_in", "Input messages handled: scored events plus dead letters"
+        )
+        events_in.add_metric([], scored + sum(dead.values()))
+        yield events_in
+        events_out = CounterMetricFamily(
+            "fraud_events_out", "Predictions emitted (replayed events included)"
+        )
+        events_out.add_metric([], scored)
+        yield events_out
+        dead_letters = CounterMetricFamily(
+            "fraud_dead_letters", "Input messages rejected, by error class", labels=["reason"]
+        )
+        for reason, n in sorted(dead.items()):
+            dead_letters.add_metric([reason], n)
+        yield dead_letters
+        for name, doc in (
+            ("replayed", "Events seen again after a resume (fenced, not applied twice)"),
+            ("expired", "Users whose state had passed the TTL when their next event came"),
+            ("swept", "Expired user records deleted by the TTL sweep"),
+            ("delivery_failures", "Messages a producer could not deliver (the run then fails)"),
+        ):
+            c = CounterMetricFamily(f"fraud_{name}", doc)
+            c.add_metric([], values[name])
+            yield c
+        yield from hists
+        state_keys = GaugeMetricFamily(
+            "fraud_state_keys",
+            "Estimated user records in a partition's store (updated at each snapshot)",
+            labels=["partition"],
+        )
+        for p, n in sorted(keys.items()):
+            state_keys.add_metric([str(p)], n)
+        yield state_keys
+        ttl = CounterMetricFamily(
+            "fraud_ttl_expired",
+            "TTL expiries on arrival, per state partition",
+            labels=["partition"],
+        )
+        for p, n in sorted(part_expired.items()):
+            ttl.add_metric([str(p)], n)
+        yield ttl
+        info = InfoMetricFamily("fraud_model", "The active model (id@sha256 prefix)")
+        info.add_metric([], {"model": model})
+        yield info
+        share = GaugeMetricFamily(
+            "fraud_model_rollout", "Share of traffic scored by the candidate model (0..1)"
+        )
+        share.add_metric([], rollout)
+        yield share
+
+
+_lock = threading.Lock()
+_started: set[int] = set()
+
+
+def start_exporter(port: int | None, addr: str = "0.0.0.0", stats: RunStats = STATS) -> bool:
+    """Serve `/metrics` on `port` from a daemon thread, once per process and port.
+
+    Returns whether a server was started by this call (False when `port` is None
+    or already served).
+
+    Raises:
+        SettingsError: the port cannot be bound.
+    """
+    if port is None:
+        return False
+    with _lock:
+        if port in _started:
+            return False
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(StatsCollector(stats))
+        try:
+            start_http_server(port, addr=addr, registry=registry)
+        except OSError as exc:
+            raise SettingsError(
+                f"FRAUD_METRICS_PORT={port}: cannot serve metrics on {addr}:{port} ({exc}). Fix:"
+                " choose a free port; processes on one host each need their own port"
+            ) from exc
+        _started.add(port)
+        return True
