@@ -94,12 +94,19 @@ def _show_deployment(dep: Deployment) -> None:
         STATS.rollout = dep.rollout if dep.candidate is not None else 1.0
 
 
-#: What the scoring step takes in (events and control items) and gives out.
-Inbound = Event | ControlItem
+@dataclass(frozen=True, slots=True)
+class PartitionBatch:
+    """Events and control items of one state partition, in stream order."""
+
+    partition: int
+    items: list[Event | ControlItem]
+
+
+#: What the scoring step gives out.
 Outbound = ScoredBatch | DeadLetter
 
 
-class PartitionLogic(StatefulBatchLogic[Inbound, Outbound, dict[str, Any]]):
+class PartitionLogic(StatefulBatchLogic[PartitionBatch, Outbound, dict[str, Any]]):
     """Scores one partition's events; the partition is learnt from the first event."""
 
     def __init__(
@@ -138,8 +145,9 @@ class PartitionLogic(StatefulBatchLogic[Inbound, Outbound, dict[str, Any]]):
         self._scorer = scorer
         return scorer
 
-    def on_batch(self, values: list[Inbound]) -> tuple[Iterable[Outbound], bool]:
-        scorer = self._scorer or self._open(values[0].partition)
+    def on_batch(self, batches: list[PartitionBatch]) -> tuple[Iterable[Outbound], bool]:
+        scorer = self._scorer or self._open(batches[0].partition)
+        values = batches[0].items if len(batches) == 1 else [x for b in batches for x in b.items]
         out: list[Outbound] = []
         start = 0
         for i, value in enumerate(values):

@@ -75,6 +75,7 @@ class PartitionScorer:
         self.watermark = 0.0
         #: One past the largest offset applied (for outbox pruning).
         self.high_water = 0
+        self._merchant_codes: dict[str, int] = {}
 
     def score(self, events: Sequence[Event]) -> ScoredBatch:
         """Score events (in partition order), splitting into batches of at most `batch_max`."""
@@ -102,32 +103,36 @@ class PartitionScorer:
 
     def _score(self, events: Sequence[Event], model: LoadedModel) -> ScoredBatch:
         n = len(events)
-        # 1. Columns and grouping: the only per-event Python loop.
+        # 1. Columns (one comprehension per field) and grouping by user, in order.
+        txs = [ev.tx for ev in events]
+        user_ids = [tx.user_id for tx in txs]
+        amount = np.fromiter([tx.amount for tx in txs], np.float64, n)
+        ts = np.fromiter([tx.timestamp for tx in txs], np.float64, n)
+        codes = self._merchant_codes
+        merchant = np.fromiter(
+            [
+                codes.get(m) or codes.setdefault(m, merchant_code(m))
+                for m in (tx.merchant for tx in txs)
+            ],
+            np.uint32,
+            n,
+        )
+        if len(codes) > 200_000:
+            codes.clear()  # a bound on the merchant-code cache
+        offset = np.fromiter([ev.offset for ev in events], np.int64, n)
+        ingest_ns = np.fromiter([ev.ingest_ns for ev in events], np.int64, n)
+        label = np.fromiter([-1 if tx.label is None else tx.label for tx in txs], np.int8, n)
         rows: dict[str, int] = {}
         seen: dict[str, int] = {}
-        row_of = np.empty(n, np.intp)
-        wave_of = np.empty(n, np.intp)
-        amount = np.empty(n, np.float64)
-        ts = np.empty(n, np.float64)
-        merchant = np.empty(n, np.uint32)
-        offset = np.empty(n, np.int64)
-        ingest_ns = np.empty(n, np.int64)
-        label = np.empty(n, np.int8)
-        user_ids: list[str] = []
-        for i, ev in enumerate(events):
-            tx = ev.tx
-            uid = tx.user_id
-            row_of[i] = rows.setdefault(uid, len(rows))
+        row_list = []
+        wave_list = []
+        for uid in user_ids:
+            row_list.append(rows.setdefault(uid, len(rows)))
             k = seen.get(uid, 0)
             seen[uid] = k + 1
-            wave_of[i] = k
-            amount[i] = tx.amount
-            ts[i] = tx.timestamp
-            merchant[i] = merchant_code(tx.merchant)
-            offset[i] = ev.offset
-            ingest_ns[i] = ev.ingest_ns
-            label[i] = -1 if tx.label is None else tx.label
-            user_ids.append(uid)
+            wave_list.append(k)
+        row_of = np.asarray(row_list, np.intp)
+        wave_of = np.asarray(wave_list, np.intp)
         users = list(rows)
 
         # 2. One multi-get, one vectorised decode.
