@@ -12,6 +12,24 @@ from bytewax_fraud.errors import SettingsError
 from bytewax_fraud.flow import build_job
 from bytewax_fraud.settings import load_settings
 
+
+def _bytewax_process_id() -> int | None:
+    """The process id `bytewax.run` was given (-i, BYTEWAX_PROCESS_ID or the pod name)."""
+    argv = sys.argv
+    for flag in ("-i", "--process-id"):
+        if flag in argv[:-1]:
+            return int(argv[argv.index(flag) + 1])
+    if os.environ.get("BYTEWAX_PROCESS_ID"):
+        return int(os.environ["BYTEWAX_PROCESS_ID"])
+    pod, statefulset = (
+        os.environ.get("BYTEWAX_POD_NAME"),
+        os.environ.get("BYTEWAX_STATEFULSET_NAME"),
+    )
+    if pod and statefulset:
+        return int(pod.replace(statefulset + "-", ""))
+    return None
+
+
 settings = load_settings()
 if settings.recovery_dir is not None and not (
     {"-r", "--recovery-directory"} & set(sys.argv) or os.environ.get("BYTEWAX_RECOVERY_DIRECTORY")
@@ -21,4 +39,4 @@ if settings.recovery_dir is not None and not (
         " `python -m bytewax_fraud` instead (it applies the FRAUD_* recovery settings), or pass"
         f" `-r {settings.recovery_dir} -s SECONDS -b SECONDS` to bytewax.run"
     )
-flow = build_job(settings).flow
+flow = build_job(settings, process_id=_bytewax_process_id()).flow
