@@ -91,7 +91,7 @@ def open_store(config: PartitionConfig, partition: int, resuming: bool) -> State
 def _show_deployment(dep: Deployment) -> None:
     with STATS.lock:
         STATS.model = dep.label()
-        STATS.rollout = dep.rollout if dep.candidate is not None else 1.0
+        STATS.rollout = dep.rollout if dep.candidate is not None else 0.0
 
 
 @dataclass(frozen=True, slots=True)
