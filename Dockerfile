@@ -3,7 +3,7 @@
 # The fraud-scoring job as an image (see docs/operations.md).
 #
 #   docker build -t bytewax-fraud .                     # CPU image (the default, last stage)
-#   docker build --target cuda -t bytewax-fraud:cuda .  # CUDA 12 + cuDNN 9 image
+#   docker build --target cuda -t bytewax-fraud:cuda .  # CUDA 13 + cuDNN 9 image
 #   docker run --rm -p 9100:9100 -v fraud-state:/data/state -v fraud-recovery:/data/recovery \
 #       -v fraud-out:/data/out bytewax-fraud
 #
@@ -26,21 +26,22 @@ COPY models ./models
 RUN pip install --no-cache-dir .
 
 # --- CUDA: base, builder and final image (docker build --target cuda) ------------------------
-# onnxruntime-gpu (a dependency of the project) loads CUDA 12 and cuDNN 9 from this base.
-FROM nvidia/cuda:12.6.3-cudnn-runtime-ubuntu22.04 AS cuda-base
+# onnxruntime-gpu 1.31 (a dependency of the project) is built for CUDA 13 and cuDNN 9 and
+# loads them from this base (Ubuntu 24.04, whose Python is 3.12).
+FROM nvidia/cuda:13.1.1-cudnn-runtime-ubuntu24.04 AS cuda-base
 ENV DEBIAN_FRONTEND=noninteractive
-# Not pinned (DL3008): Ubuntu keeps only the newest python3.11 in jammy-updates, so a pinned
+# Not pinned (DL3008): Ubuntu keeps only the newest python3.12 in noble-updates, so a pinned
 # version stops building at its next security update; the base image tag is pinned instead.
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3.11 python3.11-venv \
+    && apt-get install -y --no-install-recommends python3.12 python3.12-venv \
     && rm -rf /var/lib/apt/lists/* \
-    && ln -s /usr/bin/python3.11 /usr/local/bin/python
+    && ln -s /usr/bin/python3.12 /usr/local/bin/python
 
 FROM cuda-base AS cuda-builder
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
-RUN python3.11 -m venv /opt/venv
+RUN python3.12 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 COPY pyproject.toml README.md ./

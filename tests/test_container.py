@@ -126,9 +126,21 @@ def test_final_stages_are_non_root_with_volumes_and_the_bytewax_entrypoint(targe
     assert any("--from=" + builder.name in c for c in stage.all("COPY"))
 
 
-def test_cuda_target_uses_cuda12_with_cudnn() -> None:
+def _ort_cuda_major() -> str:
+    """The CUDA major version the installed onnxruntime-gpu is built for (its `cuda` extra)."""
+    from importlib.metadata import requires
+
+    for req in requires("onnxruntime-gpu") or []:
+        m = re.match(r"nvidia-cuda-runtime\S*\s*~=\s*(\d+)", req)
+        if m and 'extra == "cuda"' in req:
+            return m.group(1)
+    pytest.skip("onnxruntime-gpu does not declare its CUDA runtime")
+
+
+def test_cuda_target_matches_the_cuda_onnxruntime_gpu_needs() -> None:
     base = stages()["cuda-base"].base
-    assert re.fullmatch(r"nvidia/cuda:12\.\d+\.\d+-cudnn-runtime-ubuntu22\.04", base), base
+    major = _ort_cuda_major()
+    assert re.fullmatch(rf"nvidia/cuda:{major}\.\d+\.\d+-cudnn-runtime-ubuntu\d+\.04", base), base
     assert stages()["cuda"].env()["FRAUD_DEVICE"] == "cuda"
 
 
