@@ -1,0 +1,625 @@
+"""Benchmark: the embedded dataflow against a per-event and an external-call baseline.
+
+One run measures, on the same generated workload:
+
+1. the dataflow end to end (generator -> parse -> scoring with RocksDB state ->
+   JSON Lines sinks), as `python -m bytewax.run dataflows.fraud` subprocesses,
+   with 1 worker and with N workers (N processes of one worker each, since
+   threads share the GIL, and one process of N threads);
+2. the per-event baseline: the same dataflow, state and model with
+   `FRAUD_BATCH_MAX=1`;
+3. the external-call baseline: the same model behind a local HTTP endpoint,
+   called once per event by a client that keeps the user state
+   (`bytewax_fraud.bench_http`);
+4. a latency-vs-throughput sweep at offered loads of 10% to 100% of the
+   1-worker maximum, embedded against external, drawn as a PNG if matplotlib
+   is installed (`pip install -e '.[bench]'`).
+
+Throughput is the steady state: the predictions file is polled while the job
+runs, and the rate is the lines written between the first and the last
+prediction over the time between them. Latencies are the `latency_ms` field of
+every prediction (source emission to prediction built; the time an event waits
+in the source's batcher, up to `FRAUD_BATCH_TIMEOUT_MS`, is not in it), except
+those written in the first `--warmup-s` seconds (first chunk generation, store
+opening, first calls). The external client times each call from the event's due
+time. Peak RSS is each subprocess's `ru_maxrss` from `os.wait4`, summed over
+the processes of a variant. Inherited `FRAUD_*` variables are ignored.
+
+Run with `python -m bytewax_fraud.bench` (`--quick` for a smoke run, `--help`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bytewax_fraud.errors import FraudError
+from bytewax_fraud.settings import DEFAULT_MODEL, Settings
+from bytewax_fraud.state.manifest import ensure_manifest
+
+ROOT = Path(__file__).resolve().parent.parent
+WINDOW = int(Settings.model_fields["window"].default)
+TARGET_P99_MS = 20.0
+_LATENCY = re.compile(rb'"latency_ms":([^,}]+)')
+_RUN_TIMEOUT_S = 900.0
+#: Peak RSS of each reaped subprocess, by pid (Popen has no place for its rusage).
+_MAXRSS_KIB: dict[int, int] = {}
+
+
+class BenchError(FraudError):
+    """A benchmark run failed; the message carries the subprocess's last output."""
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What one benchmark run measures."""
+
+    events: int = 200_000
+    users: int = 20_000
+    partitions: int = 4
+    workers: tuple[int, ...] = (1, 2)
+    model: Path = DEFAULT_MODEL
+    device: str = "cpu"
+    baseline_events: int = 50_000
+    http_requests: int = 20_000
+    loads: tuple[float, ...] = (0.10, 0.25, 0.50, 0.75, 1.00)
+    point_seconds: float = 6.0
+    warmup_s: float = 1.0
+    seed: int = 0
+    threads_variant: bool = True
+    skip_http: bool = False
+
+
+@dataclass
+class Result:
+    """One measured variant."""
+
+    name: str
+    events: int
+    events_per_s: float
+    p50_ms: float
+    p99_ms: float
+    p999_ms: float
+    peak_rss_mb: float
+    offered_per_s: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _percentiles(lat_ms: np.ndarray) -> tuple[float, float, float]:
+    if len(lat_ms) == 0:
+        return (math.nan, math.nan, math.nan)
+    p = np.percentile(lat_ms, [50, 99, 99.9])
+    return (round(float(p[0]), 3), round(float(p[1]), 3), round(float(p[2]), 3))
+
+
+def _wait(procs: list[subprocess.Popen[bytes]], deadline: float) -> list[tuple[int | None, int]]:
+    """Reap processes with `os.wait4`: (exit code, ru_maxrss in KiB) each, (None, 0) if running.
+
+    A process still running after `deadline` (monotonic), or whose sibling failed,
+    is killed.
+    """
+    failed = any(p.returncode not in (None, 0) for p in procs)
+    out: list[tuple[int | None, int]] = []
+    for p in procs:
+        if p.returncode is not None:
+            out.append((p.returncode, _MAXRSS_KIB.get(p.pid, 0)))
+            continue
+        pid, status, ru = os.wait4(p.pid, os.WNOHANG)
+        if pid == 0:
+            if failed or time.monotonic() > deadline:
+                p.kill()
+            out.append((None, 0))
+            continue
+        p.returncode = os.waitstatus_to_exitcode(status)
+        _MAXRSS_KIB[p.pid] = ru.ru_maxrss
+        out.append((p.returncode, ru.ru_maxrss))
+    return out
+
+
+def _tail(path: Path, n: int = 3000) -> str:
+    return path.read_text(errors="replace")[-n:] if path.exists() else ""
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _base_env() -> dict[str, str]:
+    # Inherited FRAUD_* settings would change what is measured: only ours apply.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FRAUD_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+def run_dataflow(
+    cfg: BenchConfig,
+    name: str,
+    workdir: Path,
+    *,
+    events: int,
+    processes: int = 1,
+    threads: int = 1,
+    batch_max: int | None = None,
+    rate: float = 0.0,
+) -> Result:
+    """Run `dataflows.fraud` as subprocesses on fresh state and measure it."""
+    d = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=workdir))
+    state, out = d / "state", d / "out"
+    # Created here so that the processes of a cluster do not race to create it.
+    ensure_manifest(state, cfg.partitions, WINDOW)
+    env = _base_env()
+    env.update(
+        FRAUD_EVENTS=str(events),
+        FRAUD_USERS=str(cfg.users),
+        FRAUD_PARTITIONS=str(cfg.partitions),
+        FRAUD_SEED=str(cfg.seed),
+        FRAUD_MODEL=str(cfg.model),
+        FRAUD_DEVICE=cfg.device,
+        FRAUD_STATE_DIR=str(state),
+        FRAUD_OUTPUT_DIR=str(out),
+        FRAUD_STATUS_INTERVAL="0",
+        FRAUD_RATE=repr(rate),
+    )
+    if batch_max is not None:
+        env["FRAUD_BATCH_MAX"] = str(batch_max)
+    cmd = [sys.executable, "-m", "bytewax.run", "dataflows.fraud"]
+    if threads > 1:
+        cmd += ["-w", str(threads)]
+    addresses = ";".join(f"127.0.0.1:{p}" for p in _free_ports(processes))
+    procs: list[subprocess.Popen[bytes]] = []
+    for i in range(processes):
+        penv = dict(env, FRAUD_SUMMARY_FILE=str(d / f"summary-{i}.json"))
+        args = cmd + (["-i", str(i), "-a", addresses] if processes > 1 else [])
+        with open(d / f"log-{i}.txt", "wb") as log:
+            procs.append(
+                subprocess.Popen(args, cwd=ROOT, env=penv, stdout=log, stderr=subprocess.STDOUT)
+            )
+    samples = _poll_predictions(out / "predictions.jsonl", procs)
+    codes = _wait(procs, 0.0)
+    if any(rc != 0 for rc, _ in codes):
+        logs = "\n".join(_tail(d / f"log-{i}.txt") for i in range(processes))
+        raise BenchError(f"{name}: bytewax.run exited with {[rc for rc, _ in codes]}:\n{logs}")
+    data = (out / "predictions.jsonl").read_bytes()
+    lat = np.array(_LATENCY.findall(data)).astype(np.float64)
+    if len(lat) != events:
+        raise BenchError(f"{name}: expected {events} predictions, found {len(lat)} in {out}")
+    skip = _warmup_lines(samples, cfg.warmup_s, events)
+    lat = lat[skip:]
+    summaries = [json.loads((d / f"summary-{i}.json").read_text()) for i in range(processes)]
+    p50, p99, p999 = _percentiles(lat)
+    result = Result(
+        name=name,
+        events=events,
+        events_per_s=round(_steady_rate(samples, events, summaries), 1),
+        p50_ms=p50,
+        p99_ms=p99,
+        p999_ms=p999,
+        peak_rss_mb=round(sum(kib for _, kib in codes) / 1024, 1),
+        offered_per_s=round(rate, 1),
+        extra={
+            "processes": processes,
+            "threads": threads,
+            "batch_max": batch_max or int(Settings.model_fields["batch_max"].default),
+            "summary_events_per_s": round(sum(float(s["events_per_s"]) for s in summaries), 1),
+            "warmup_skipped": skip,
+        },
+    )
+    shutil.rmtree(d, ignore_errors=True)
+    return result
+
+
+def _poll_predictions(path: Path, procs: list[subprocess.Popen[bytes]]) -> list[tuple[float, int]]:
+    """(time, lines written) samples of the predictions file until every process exits."""
+    samples: list[tuple[float, int]] = []
+    lines = 0
+    f = None
+    deadline = time.monotonic() + _RUN_TIMEOUT_S
+    try:
+        while True:
+            done = all(rc is not None for rc, _ in _wait(procs, deadline))
+            if f is None and path.exists():
+                f = open(path, "rb")  # noqa: SIM115 - closed below
+            if f is not None:
+                n = f.read().count(b"\n")
+                if n:
+                    lines += n
+                    samples.append((time.monotonic(), lines))
+            if done:
+                return samples
+            time.sleep(0.005)
+    finally:
+        if f is not None:
+            f.close()
+
+
+def _warmup_lines(samples: list[tuple[float, int]], warmup_s: float, events: int) -> int:
+    """Predictions written in the first `warmup_s` after the first one (at most half)."""
+    if not samples:
+        return 0
+    t0 = samples[0][0]
+    before = [n for t, n in samples if t - t0 < warmup_s]
+    return min(before[-1] if before else 0, events // 2)
+
+
+def _steady_rate(
+    samples: list[tuple[float, int]], events: int, summaries: list[dict[str, Any]]
+) -> float:
+    """Events/s between the first and the last prediction (the summary's rate if too short)."""
+    if len(samples) >= 2:
+        (t0, n0), (t1, n1) = samples[0], samples[-1]
+        if t1 - t0 > 0.05 and n1 > n0:
+            return (n1 - n0) / (t1 - t0)
+    return sum(float(s["events_per_s"]) for s in summaries)
+
+
+def run_http(cfg: BenchConfig, name: str, workdir: Path, *, requests: int, rate: float) -> Result:
+    """Run the model server and the stateful client as subprocesses and measure them."""
+    d = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=workdir))
+    env = _base_env()
+    mod = [sys.executable, "-m", "bytewax_fraud.bench_http"]
+    server_log = open(d / "server.txt", "wb")  # noqa: SIM115 - closed below
+    server = subprocess.Popen(
+        [*mod, "serve", "--model", str(cfg.model), "--device", cfg.device],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=server_log,
+    )
+    try:
+        assert server.stdout is not None
+        line = server.stdout.readline().decode().split()
+        if len(line) != 4 or line[0] != "PORT":
+            server.kill()
+            server.wait()
+            raise BenchError(f"{name}: the model server did not start:\n{_tail(d / 'server.txt')}")
+        port, hidden = line[1], line[3]
+        out = d / "client.json"
+        args = [*mod, "client", "--port", port, "--hidden", hidden, "--events", str(requests)]
+        args += ["--users", str(cfg.users), "--partitions", str(cfg.partitions)]
+        args += ["--seed", str(cfg.seed), "--rate", repr(rate), "--out", str(out)]
+        args += ["--warmup-s", repr(cfg.warmup_s)]
+        with open(d / "client.txt", "wb") as log:
+            client = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=log)
+        deadline = time.monotonic() + _RUN_TIMEOUT_S
+        while (codes := _wait([client], deadline))[0][0] is None:
+            time.sleep(0.05)
+    finally:
+        if server.returncode is None:
+            server.terminate()
+        while (s_codes := _wait([server], time.monotonic() + 10))[0][0] is None:
+            time.sleep(0.01)
+        server_kib = s_codes[0][1]
+        server_log.close()
+    if codes[0][0] != 0:
+        raise BenchError(f"{name}: the HTTP client failed:\n{_tail(d / 'client.txt')}")
+    res = json.loads(out.read_text())
+    p50, p99, p999 = _percentiles(np.asarray(res["latencies_ms"], np.float64))
+    shutil.rmtree(d, ignore_errors=True)
+    return Result(
+        name=name,
+        events=requests,
+        events_per_s=round(float(res["events_per_s"]), 1),
+        p50_ms=p50,
+        p99_ms=p99,
+        p999_ms=p999,
+        peak_rss_mb=round((codes[0][1] + server_kib) / 1024, 1),
+        offered_per_s=round(rate, 1),
+        extra={
+            "server_rss_mb": round(server_kib / 1024, 1),
+            "users": res["users"],
+            "warmup_skipped": res["warmup_skipped"],
+        },
+    )
+
+
+def hardware() -> dict[str, Any]:
+    """The machine the figures were taken on."""
+    model = "?"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    mem = "?"
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal"):
+                mem = f"{int(line.split()[1]) / 1024**2:.1f} GiB"
+                break
+
+    def version(*names: str) -> str:
+        for n in names:
+            try:
+                return metadata.version(n)
+            except metadata.PackageNotFoundError:
+                continue
+        return "?"
+
+    return {
+        "nproc": len(os.sched_getaffinity(0)),
+        "cpu_count": os.cpu_count(),
+        "cpu_model": model,
+        "memory": mem,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "bytewax": version("bytewax"),
+        "onnxruntime": version("onnxruntime-gpu", "onnxruntime"),
+        "rocksdict": version("rocksdict"),
+    }
+
+
+def measure(cfg: BenchConfig, workdir: Path, log: Any = print) -> dict[str, Any]:
+    """Run every variant and the load sweep; return the report as a JSON-ready dict."""
+    variants: list[Result] = []
+
+    def add(r: Result) -> Result:
+        log(f"  {r.name}: {r.events_per_s:,.0f} ev/s, p99 {r.p99_ms} ms")
+        variants.append(r)
+        return r
+
+    one = None
+    for w in cfg.workers:
+        if w == 1:
+            one = add(run_dataflow(cfg, "embedded-1w", workdir, events=cfg.events))
+            continue
+        add(run_dataflow(cfg, f"embedded-{w}p", workdir, events=cfg.events, processes=w))
+        if cfg.threads_variant:
+            add(run_dataflow(cfg, f"embedded-{w}t", workdir, events=cfg.events, threads=w))
+    if one is None:
+        one = add(run_dataflow(cfg, "embedded-1w", workdir, events=cfg.events))
+    per_event = add(
+        run_dataflow(cfg, "per-event", workdir, events=cfg.baseline_events, batch_max=1)
+    )
+    external = None
+    if not cfg.skip_http:
+        external = add(run_http(cfg, "external-http", workdir, requests=cfg.http_requests, rate=0))
+
+    sweep: list[Result] = []
+    top = one.events_per_s
+    for frac in cfg.loads:
+        rate = frac * top
+        n = max(int(rate * cfg.point_seconds), 50 * cfg.partitions)
+        r = run_dataflow(cfg, f"embedded-1w@{frac:.0%}", workdir, events=n, rate=rate)
+        r.extra["load"] = frac
+        sweep.append(add(r))
+        if not cfg.skip_http:
+            h = run_http(
+                cfg, f"external@{frac:.0%}", workdir, requests=min(n, cfg.http_requests), rate=rate
+            )
+            h.extra["load"] = frac
+            sweep.append(add(h))
+    if external is not None:
+        # The external endpoint at shares of its own maximum: its latency when not saturated.
+        for frac in cfg.loads:
+            rate = frac * external.events_per_s
+            n = min(max(int(rate * cfg.point_seconds), 100), cfg.http_requests)
+            h = run_http(cfg, f"external-own@{frac:.0%}", workdir, requests=n, rate=rate)
+            h.extra["load"] = frac
+            sweep.append(add(h))
+
+    for r in variants:
+        if r in sweep:
+            continue
+        r.extra["x_per_event"] = round(r.events_per_s / per_event.events_per_s, 2)
+        if external is not None:
+            r.extra["x_external"] = round(r.events_per_s / external.events_per_s, 2)
+    at_half = {r.name.split("@")[0]: r.p99_ms for r in sweep if math.isclose(r.extra["load"], 0.5)}
+    return {
+        "hardware": hardware(),
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
+        "variants": {r.name: asdict(r) for r in variants if r not in sweep},
+        "load_sweep": {
+            "max_events_per_s": top,
+            "points": [asdict(r) for r in sweep],
+            "p99_ms_at_50pct": at_half,
+            "target_p99_ms": TARGET_P99_MS,
+        },
+    }
+
+
+def _fmt(x: float, nd: int = 2) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:,.{nd}f}"
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The report as readable tables."""
+    hw, st = report["hardware"], report["settings"]
+    out = [
+        f"hardware: {hw['nproc']} cores usable ({hw['cpu_count']} online), {hw['cpu_model']},"
+        f" {hw['memory']}; {hw['platform']}",
+        f"software: python {hw['python']}, bytewax {hw['bytewax']}, onnxruntime"
+        f" {hw['onnxruntime']}, rocksdict {hw['rocksdict']}",
+        "settings: " + ", ".join(f"{k}={v}" for k, v in st.items()),
+        "",
+        f"{'variant':<16}{'events':>9}{'events/s':>11}{'p50 ms':>9}{'p99 ms':>9}"
+        f"{'p99.9 ms':>10}{'RSS MB':>9}{'x per-ev':>10}{'x extern':>10}",
+    ]
+    for r in report["variants"].values():
+        e = r["extra"]
+        out.append(
+            f"{r['name']:<16}{r['events']:>9,}{r['events_per_s']:>11,.0f}{_fmt(r['p50_ms']):>9}"
+            f"{_fmt(r['p99_ms']):>9}{_fmt(r['p999_ms']):>10}{r['peak_rss_mb']:>9,.0f}"
+            f"{_fmt(e.get('x_per_event', math.nan)):>10}{_fmt(e.get('x_external', math.nan)):>10}"
+        )
+    sw = report["load_sweep"]
+    out += [
+        "",
+        f"latency vs throughput (offered load as a share of {sw['max_events_per_s']:,.0f} ev/s,"
+        " the 1-worker maximum; external-own: of the external baseline's maximum)",
+        f"{'system':<16}{'load':>6}{'offered/s':>11}{'achieved/s':>12}{'p50 ms':>9}{'p99 ms':>10}"
+        f"{'p99.9 ms':>10}",
+    ]
+    for r in sw["points"]:
+        mark = "  <- 50%" if math.isclose(r["extra"]["load"], 0.5) else ""
+        out.append(
+            f"{r['name'].split('@')[0]:<16}{r['extra']['load']:>6.0%}{r['offered_per_s']:>11,.0f}"
+            f"{r['events_per_s']:>12,.0f}{_fmt(r['p50_ms']):>9}{_fmt(r['p99_ms']):>10}"
+            f"{_fmt(r['p999_ms']):>10}{mark}"
+        )
+    for system, p99 in sw["p99_ms_at_50pct"].items():
+        verdict = "met" if p99 < sw["target_p99_ms"] else "MISSED"
+        out.append(
+            f"p99 at 50% of max, {system}: {_fmt(p99)} ms"
+            f" (target < {sw['target_p99_ms']:.0f} ms: {verdict})"
+        )
+    return "\n".join(out)
+
+
+def plot(report: dict[str, Any], path: Path) -> bool:
+    """Draw p50/p99 latency against achieved throughput; False if matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    sw = report["load_sweep"]
+    fig, ax = plt.subplots(figsize=(8, 5))
+    styles = {"embedded-1w": "tab:blue", "external": "tab:red", "external-own": "tab:orange"}
+    labels = {
+        "embedded-1w": "embedded (1 worker)",
+        "external": "external HTTP",
+        "external-own": "external HTTP, own max",
+    }
+    for system, color in styles.items():
+        pts = [r for r in sw["points"] if r["name"].split("@")[0] == system]
+        if not pts:
+            continue
+        x = [r["events_per_s"] for r in pts]
+        label = labels[system]
+        ax.plot(x, [r["p50_ms"] for r in pts], "o-", color=color, label=f"{label} p50")
+        ax.plot(x, [r["p99_ms"] for r in pts], "s--", color=color, label=f"{label} p99")
+        for r in pts:
+            if math.isclose(r["extra"]["load"], 0.5):
+                ax.annotate(
+                    f"p99 @50%: {r['p99_ms']:.1f} ms",
+                    (r["events_per_s"], r["p99_ms"]),
+                    textcoords="offset points",
+                    xytext=(8, 8),
+                    color=color,
+                )
+                ax.plot([r["events_per_s"]], [r["p99_ms"]], "*", ms=14, color=color)
+    ax.axhline(sw["target_p99_ms"], color="gray", ls=":", label="p99 target (20 ms)")
+    ax.margins(y=0.2)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("achieved throughput (events/s)")
+    ax.set_ylabel("latency (ms)")
+    hw = report["hardware"]
+    ax.set_title(f"Latency vs throughput ({hw['nproc']} cores, {hw['cpu_model']})")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+QUICK = {
+    "events": 20_000,
+    "users": 2_000,
+    "baseline_events": 5_000,
+    "http_requests": 2_000,
+    "loads": (0.5, 1.0),
+    "point_seconds": 1.0,
+    "warmup_s": 0.25,
+}
+
+
+def parse_args(argv: list[str] | None) -> tuple[BenchConfig, argparse.Namespace]:
+    """The benchmark configuration from the command line."""
+    d = BenchConfig()
+    ap = argparse.ArgumentParser(
+        prog="python -m bytewax_fraud.bench", description=__doc__.split("\n\n")[0]
+    )
+    ap.add_argument("--events", type=int, help=f"events per embedded run (default {d.events})")
+    ap.add_argument("--users", type=int, help=f"generated users (default {d.users})")
+    ap.add_argument("--partitions", type=int, default=d.partitions)
+    ap.add_argument("--workers", default="1,2", help="worker counts to run (default 1,2)")
+    ap.add_argument("--model", type=Path, default=d.model, help="ONNX model (the contract's)")
+    ap.add_argument("--device", choices=["cpu", "cuda", "auto"], default=d.device)
+    ap.add_argument("--baseline-events", type=int, help="events of the per-event baseline")
+    ap.add_argument("--http-requests", type=int, help="requests of the external baseline")
+    ap.add_argument("--loads", help="offered loads as fractions of the max (default 0.1,...,1)")
+    ap.add_argument("--point-seconds", type=float, help="length of each load point's run")
+    ap.add_argument(
+        "--warmup-s", type=float, help="latencies of the first seconds of a run are not counted"
+    )
+    ap.add_argument("--seed", type=int, default=d.seed)
+    ap.add_argument("--no-threads", action="store_true", help="skip the -w N thread variant")
+    ap.add_argument("--skip-http", action="store_true", help="skip the external baseline")
+    ap.add_argument("--quick", action="store_true", help="small smoke configuration")
+    ap.add_argument("--json", type=Path, help="write the report as JSON here")
+    ap.add_argument("--plot", type=Path, help="draw the latency-vs-throughput PNG here")
+    ap.add_argument("--workdir", type=Path, help="where temporary state and outputs go")
+    a = ap.parse_args(argv)
+    base: dict[str, Any] = dict(QUICK) if a.quick else {}
+    for k in ("events", "users", "baseline_events", "http_requests", "point_seconds", "warmup_s"):
+        if getattr(a, k) is not None:
+            base[k] = getattr(a, k)
+    if a.loads:
+        base["loads"] = tuple(float(x) for x in a.loads.split(","))
+    workers = tuple(int(x) for x in a.workers.split(","))
+    if any(w < 1 for w in workers) or any(v <= 0 for v in base.get("loads", d.loads)):
+        ap.error("--workers and --loads must be positive")
+    cfg = BenchConfig(
+        **base,
+        partitions=a.partitions,
+        workers=workers,
+        model=a.model.resolve(),
+        device=a.device,
+        seed=a.seed,
+        threads_variant=not a.no_threads,
+        skip_http=a.skip_http,
+    )
+    return cfg, a
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark, print the tables, write the JSON and the plot."""
+    cfg, a = parse_args(argv)
+    hw = hardware()
+    print(f"benchmark on {hw['nproc']} cores ({hw['cpu_model']}); model {cfg.model.name}")
+    with tempfile.TemporaryDirectory(prefix="fraud-bench-", dir=a.workdir) as tmp:
+        report = measure(cfg, Path(tmp))
+    print()
+    print(format_report(report))
+    if a.json:
+        a.json.parent.mkdir(parents=True, exist_ok=True)
+        a.json.write_text(json.dumps(report, indent=2, allow_nan=True) + "\n")
+        print(f"\nJSON report: {a.json}")
+    if a.plot:
+        if plot(report, a.plot):
+            print(f"plot: {a.plot}")
+        else:
+            print("note: matplotlib is not installed, no plot drawn (pip install -e '.[bench]')")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
