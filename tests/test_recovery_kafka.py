@@ -194,7 +194,8 @@ def test_random_kills_on_kafka_lose_nothing_and_apply_nothing_twice(
 @pytest.mark.slow
 @pytest.mark.kafka
 def test_soak_twelve_random_kills_on_kafka(topics: Topics, clean: CleanRun, tmp_path: Path) -> None:
-    window = (1.0, max(2.0, 0.6 * clean.seconds))
+    # Short runs: twelve kills must not finish the work before the last of them.
+    window = (1.0, 2.5)
     hits, _ = crash_and_compare(topics, clean, tmp_path, "soak", 12, 7, window)
     assert hits >= 10
 
