@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 import shutil
 import sqlite3
 from pathlib import Path
@@ -20,7 +21,11 @@ TTL_ENV = {**BASE, "FRAUD_STATE_TTL": "3d", "FRAUD_SWEEP_INTERVAL": "0.2"}
 def clean(tmp_path_factory: pytest.TempPathFactory) -> JobDirs:
     """One uninterrupted run, the reference for every crash test."""
     dirs = JobDirs(tmp_path_factory.mktemp("clean"))
-    run(dirs, **TTL_ENV)
+    err = run(dirs, **TTL_ENV)
+    # The TTL must actually fire in this run, or the crash tests could not catch a
+    # replay that changes an expiry decision.
+    expired = re.search(r"expired ([\d,]+)", err)
+    assert expired and int(expired.group(1).replace(",", "")) > 100, err[-500:]
     return dirs
 
 

@@ -30,19 +30,26 @@ HEADER_BYTES = 32
 NO_OFFSET = -1
 
 
+#: The fixed 32-byte header of every record, whatever its window and hidden size.
+_HEADER_FIELDS: list[tuple[str, str]] = [
+    ("version", "u1"),
+    ("flags", "u1"),
+    ("window_n", "u1"),
+    ("count", "u1"),
+    ("hidden_size", "<u2"),
+    ("reserved", "<u2"),
+    ("model_tag", "<u8"),
+    ("last_ts", "<f8"),
+    ("last_offset", "<i8"),
+]
+_HEAD = np.dtype(_HEADER_FIELDS)
+
+
 @functools.lru_cache(maxsize=64)
 def record_dtype(window: int, hidden: int) -> np.dtype:
     """The structured dtype of one record for this window and hidden size."""
     fields: list[tuple[str, str] | tuple[str, str, tuple[int, ...]]] = [
-        ("version", "u1"),
-        ("flags", "u1"),
-        ("window_n", "u1"),
-        ("count", "u1"),
-        ("hidden_size", "<u2"),
-        ("reserved", "<u2"),
-        ("model_tag", "<u8"),
-        ("last_ts", "<f8"),
-        ("last_offset", "<i8"),
+        *_HEADER_FIELDS,
         ("amounts", "<f4", (window,)),
         ("merchants", "<u4", (window,)),
     ]
@@ -127,21 +134,6 @@ def _decode_other(value: bytes, window: int) -> np.ndarray:
             " damaged; restore the state directory from a backup or delete it to start fresh"
         )
     return np.frombuffer(value, dtype=dt)
-
-
-_HEAD = np.dtype(
-    [
-        ("version", "u1"),
-        ("flags", "u1"),
-        ("window_n", "u1"),
-        ("count", "u1"),
-        ("hidden_size", "<u2"),
-        ("reserved", "<u2"),
-        ("model_tag", "<u8"),
-        ("last_ts", "<f8"),
-        ("last_offset", "<i8"),
-    ]
-)
 
 
 def decode_headers(values: list[bytes]) -> np.ndarray:
