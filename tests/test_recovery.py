@@ -13,8 +13,8 @@ from recovery_harness import JobDirs, live_records, predictions, run, run_with_k
 
 EVENTS = 200_000
 BASE = {"FRAUD_EVENTS": EVENTS, "FRAUD_USERS": 20_000, "FRAUD_PARTITIONS": 4, "FRAUD_SEED": 5}
-TTL = 3 * 86400.0
-TTL_ENV = {**BASE, "FRAUD_STATE_TTL": "3d", "FRAUD_SWEEP_INTERVAL": "0.2"}
+TTL = 12 * 3600.0
+TTL_ENV = {**BASE, "FRAUD_STATE_TTL": "12h", "FRAUD_SWEEP_INTERVAL": "0.2"}
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def test_random_kills_lose_nothing_and_apply_nothing_twice(tmp_path: Path, clean
 @pytest.mark.slow
 def test_soak_twelve_random_kills(tmp_path: Path, clean: JobDirs) -> None:
     dirs = JobDirs(tmp_path)
-    hits = run_with_kills(dirs, kills=12, rng=random.Random(7), window=(1.0, 3.0), **TTL_ENV)
+    hits = run_with_kills(dirs, kills=12, rng=random.Random(7), window=(1.0, 2.0), **TTL_ENV)
     assert hits >= 10
     assert_same_as_clean(dirs, clean)
 
