@@ -75,6 +75,8 @@ class _GeneratorPartition(StatefulSourcePartition[RawMessage, int]):
         clock: Callable[[], float],
     ) -> None:
         self._events: Iterator[bytes] = gen.events(start)
+        #: A partition without users (more partitions than users) has nothing to emit.
+        self._empty = gen.user_indices.shape[0] == 0
         self._partition = partition
         self._start = start
         self._offset = start
@@ -92,7 +94,7 @@ class _GeneratorPartition(StatefulSourcePartition[RawMessage, int]):
         return min(left, due)
 
     def next_batch(self) -> list[RawMessage]:
-        if self._quota is not None and self._offset >= self._quota:
+        if self._empty or (self._quota is not None and self._offset >= self._quota):
             raise StopIteration()
         n = self._pending()
         if self._rate > 0:

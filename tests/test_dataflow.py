@@ -131,3 +131,11 @@ def test_another_partition_count_fails_at_start(tmp_path: Path) -> None:
     run_main(build_dataflow(settings(tmp_path, events=100)))
     with pytest.raises(StateError, match="FRAUD_PARTITIONS=8"):
         build_dataflow(settings(tmp_path, partitions=8))
+
+
+def test_partitions_without_users_end_instead_of_hanging(tmp_path: Path) -> None:
+    s = settings(tmp_path, users=3, partitions=8, events=300)
+    run_main(build_dataflow(s))
+    preds = read_lines(s.output_dir / "predictions.jsonl")
+    assert 0 < len(preds) <= 300
+    assert len({p["user_id"] for p in preds}) <= 3
