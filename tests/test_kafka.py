@@ -409,3 +409,33 @@ def test_bad_properties_setting_is_not_echoed(monkeypatch: pytest.MonkeyPatch) -
     with pytest.raises(SettingsError) as err:
         load_settings()
     assert "hunter2" not in str(err.value)
+
+
+@pytest.mark.kafka
+def test_control_topic_commands_apply_and_rejections_are_dead_letters(
+    kafka_broker: Broker, tmp_path: Path
+) -> None:
+    """Commands already on `model-control` apply before the first event; a bad one is a
+    dead letter on the dead-letter topic; the run still ends at the end of its input."""
+    prefix = unique("control")
+    s = kafka_settings(
+        tmp_path, kafka_broker.bootstrap_servers, prefix, topic_control=f"{prefix}-control"
+    )
+    create_topics(s)
+    admin = admin_client({"bootstrap.servers": s.kafka_bootstrap_servers})
+    create_topic(admin, s.topic_control, 1)
+    commands = [
+        (None, b'{"command": "load", "model_id": "ctl", "path": "fraud_stateless.onnx"}'),
+        (None, b'{"command": "load", "model_id": "bad", "path": "nope.onnx"}'),
+    ]
+    produce(producer_config(s), s.topic_control, 1, commands)
+    produce(producer_config(s), s.topic_transactions, PARTITIONS, events(2_000))
+    run_main(build_dataflow(s))
+    preds = predictions_of(s)
+    assert len(preds) == 2_000
+    assert {p["model"].split("@")[0] for p in preds} == {"ctl"}
+    dead = read_topic(s, s.topic_dead_letters)
+    assert len(dead) == 1
+    headers = headers_dict(dead[0].headers())
+    assert headers["__connect.errors.stage"] == "control"
+    assert headers["__connect.errors.exception.class.name"] == "ModelNotFound"

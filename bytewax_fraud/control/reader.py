@@ -178,19 +178,42 @@ def null_reader(state: dict[str, Any] | None) -> ControlReader:
 
 
 class KafkaControlReader:
-    """Reads partition 0 of the control topic; a record's seq is its offset."""
+    """Reads partition 0 of the control topic; a record's seq is its offset.
 
-    def __init__(self, config: dict[str, Any], topic: str, position: int) -> None:
+    The first poll reads up to the end of the topic (waiting up to `catch_up_s`), so
+    commands already on the topic when the job starts apply before the first event.
+    """
+
+    def __init__(
+        self, config: dict[str, Any], topic: str, position: int, catch_up_s: float = 10.0
+    ) -> None:
         from confluent_kafka import Consumer, TopicPartition
 
         self.position = position
-        self._consumer = Consumer({**config, "enable.partition.eof": False})
+        self._caught_up = False
+        self._catch_up_s = catch_up_s
+        self._consumer = Consumer({**config, "enable.partition.eof": True})
         self._consumer.assign([TopicPartition(topic, 0, position)])
 
     def poll(self) -> list[tuple[int, bytes]]:
+        if self._caught_up:
+            return self._take(self._consumer.consume(num_messages=500, timeout=0.0))
+        out: list[tuple[int, bytes]] = []
+        deadline = time.monotonic() + self._catch_up_s
+        while not self._caught_up and time.monotonic() < deadline:
+            out += self._take(self._consumer.consume(num_messages=500, timeout=0.2))
+        self._caught_up = True  # after the deadline too: a slow broker must not block data
+        return out
+
+    def _take(self, msgs: list[Any]) -> list[tuple[int, bytes]]:
+        from confluent_kafka import KafkaError
+
         out = []
-        for msg in self._consumer.consume(num_messages=500, timeout=0.0):
-            if msg.error() is not None:
+        for msg in msgs:
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    self._caught_up = True
                 continue  # transient broker errors: librdkafka retries by itself
             offset = msg.offset()
             if offset is None or offset < self.position:
