@@ -38,6 +38,22 @@ from bytewax_fraud.state.base import (
 from bytewax_fraud.state.codec import UserStates, decode, decode_headers, encode
 
 
+@dataclass(frozen=True, slots=True)
+class _Columns:
+    """A batch of events as columns, with each event's user row and wave."""
+
+    user_ids: list[str]  # per event
+    users: list[str]  # distinct, in order of first appearance
+    row_of: np.ndarray  # event -> index into users
+    wave_of: np.ndarray  # event -> how many earlier events of its user are in the batch
+    amount: np.ndarray
+    ts: np.ndarray
+    merchant: np.ndarray
+    offset: np.ndarray
+    ingest_ns: np.ndarray
+    label: np.ndarray  # -1 where the event had no label
+
+
 @dataclass(frozen=True)
 class ScoredBatch:
     """What one batch produced, in input order."""
@@ -102,60 +118,96 @@ class PartitionScorer:
         return _interleave(parts, len(events))
 
     def _score(self, events: Sequence[Event], model: LoadedModel) -> ScoredBatch:
-        n = len(events)
-        # 1. Columns (one comprehension per field) and grouping by user, in order.
-        txs = [ev.tx for ev in events]
-        user_ids = [tx.user_id for tx in txs]
-        amount = np.fromiter([tx.amount for tx in txs], np.float64, n)
-        ts = np.fromiter([tx.timestamp for tx in txs], np.float64, n)
-        codes = self._merchant_codes
-        merchant = np.fromiter(
-            [
-                codes.get(m) or codes.setdefault(m, merchant_code(m))
-                for m in (tx.merchant for tx in txs)
-            ],
-            np.uint32,
-            n,
+        cols = self._columns(events)
+        keys = [user_key(u) for u in cols.users]
+        st = decode(self.store.get_many(keys), self.window, model.hidden_size, model.tag)
+        applied, dirty, prob, expired, infer = self._apply_waves(cols, st, model)
+        lines, out_keys, latency = self._lines(events, cols, applied, prob, model)
+        replayed = np.flatnonzero(~applied).tolist()
+        if replayed:
+            self._read_outbox(events, replayed, lines, prob, latency)
+        # One atomic write: records of changed users, outbox entries, the high-water mark.
+        self.high_water = max(self.high_water, int(cols.offset.max()) + 1)
+        d = np.flatnonzero(dirty)
+        if len(d):
+            self.store.write(
+                [keys[j] for j in d.tolist()] + out_keys + [HIGH_WATER_KEY],
+                encode(st.take(d), model.tag)
+                + [lines[i] for i in np.flatnonzero(applied).tolist()]
+                + [self.high_water.to_bytes(8, "big")],
+            )
+        self.watermark = max(self.watermark, float(cols.ts.max()))
+        return ScoredBatch(
+            user_ids=cols.user_ids,
+            lines=lines,
+            latencies_ms=latency,
+            probabilities=prob,
+            labels=cols.label,
+            replayed=len(replayed),
+            expired=expired,
+            inference_seconds=infer,
         )
+
+    def _columns(self, events: Sequence[Event]) -> _Columns:
+        """Events as columns (one comprehension per field), grouped by user in order."""
+        n = len(events)
+        txs = [ev.tx for ev in events]
+        codes = self._merchant_codes
         if len(codes) > 200_000:
             codes.clear()  # a bound on the merchant-code cache
-        offset = np.fromiter([ev.offset for ev in events], np.int64, n)
-        ingest_ns = np.fromiter([ev.ingest_ns for ev in events], np.int64, n)
-        label = np.fromiter([-1 if tx.label is None else tx.label for tx in txs], np.int8, n)
         rows: dict[str, int] = {}
         seen: dict[str, int] = {}
         row_list = []
         wave_list = []
+        user_ids = [tx.user_id for tx in txs]
+        merchants = [tx.merchant for tx in txs]
         for uid in user_ids:
             row_list.append(rows.setdefault(uid, len(rows)))
             k = seen.get(uid, 0)
             seen[uid] = k + 1
             wave_list.append(k)
-        row_of = np.asarray(row_list, np.intp)
-        wave_of = np.asarray(wave_list, np.intp)
-        users = list(rows)
+        return _Columns(
+            user_ids=user_ids,
+            users=list(rows),
+            row_of=np.asarray(row_list, np.intp),
+            wave_of=np.asarray(wave_list, np.intp),
+            amount=np.fromiter([tx.amount for tx in txs], np.float64, n),
+            ts=np.fromiter([tx.timestamp for tx in txs], np.float64, n),
+            merchant=np.fromiter(
+                [codes.get(m) or codes.setdefault(m, merchant_code(m)) for m in merchants],
+                np.uint32,
+                n,
+            ),
+            offset=np.fromiter([ev.offset for ev in events], np.int64, n),
+            ingest_ns=np.fromiter([ev.ingest_ns for ev in events], np.int64, n),
+            label=np.fromiter([-1 if tx.label is None else tx.label for tx in txs], np.int8, n),
+        )
 
-        # 2. One multi-get, one vectorised decode.
-        keys = [user_key(u) for u in users]
-        st = decode(self.store.get_many(keys), self.window, model.hidden_size, model.tag)
+    def _apply_waves(
+        self, c: _Columns, st: UserStates, model: LoadedModel
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, list[float]]:
+        """Run every user's k-th event in wave k: fence, expire, features, one model call.
 
-        # 3. Waves.
+        Returns which events were applied, which users changed, the probabilities,
+        the number of TTL expiries and the duration of each model call.
+        """
+        n = len(c.user_ids)
         prob = np.zeros(n, np.float32)
         applied = np.zeros(n, bool)
-        dirty = np.zeros(len(users), bool)
+        dirty = np.zeros(len(c.users), bool)
         expired_total = 0
         infer: list[float] = []
-        order = np.argsort(wave_of, kind="stable")
-        bounds = np.searchsorted(wave_of[order], np.arange(int(wave_of.max()) + 2))
+        order = np.argsort(c.wave_of, kind="stable")
+        bounds = np.searchsorted(c.wave_of[order], np.arange(int(c.wave_of.max()) + 2))
         for wave in range(len(bounds) - 1):
             e = order[bounds[wave] : bounds[wave + 1]]
-            r = row_of[e]
-            fresh = offset[e] > st.last_offset[r]
+            r = c.row_of[e]
+            fresh = c.offset[e] > st.last_offset[r]  # replays were applied the first time
             if not fresh.all():
                 e, r = e[fresh], r[fresh]
                 if len(e) == 0:
                     continue
-            expired = (st.count[r] > 0) & (ts[e] - st.last_ts[r] > self.ttl)
+            expired = (st.count[r] > 0) & (c.ts[e] - st.last_ts[r] > self.ttl)
             if expired.any():
                 st.reset(r[expired])
                 expired_total += int(expired.sum())
@@ -164,9 +216,9 @@ class PartitionScorer:
                 st.merchants[r],
                 st.count[r],
                 st.last_ts[r],
-                amount[e],
-                ts[e],
-                merchant[e],
+                c.amount[e],
+                c.ts[e],
+                c.merchant[e],
             )
             t = time.perf_counter()
             p, h = model.predict(feats, st.hidden[r] if model.hidden_size else None)
@@ -175,19 +227,26 @@ class PartitionScorer:
             if h is not None:
                 st.hidden[r] = h
             st.amounts[r], st.merchants[r], st.count[r] = push(
-                st.amounts[r], st.merchants[r], st.count[r], amount[e], merchant[e]
+                st.amounts[r], st.merchants[r], st.count[r], c.amount[e], c.merchant[e]
             )
-            st.last_ts[r] = ts[e]
-            st.last_offset[r] = offset[e]
+            st.last_ts[r] = c.ts[e]
+            st.last_offset[r] = c.offset[e]
             applied[e] = True
             dirty[r] = True
+        return applied, dirty, prob, expired_total, infer
 
-        # 4. Prediction lines (new ones) and outbox reads (replayed ones).
-        now_ns = time.time_ns()
-        latency = np.round((now_ns - ingest_ns) / 1e6, 3)
-        lines: list[bytes] = [b""] * n
+    def _lines(
+        self,
+        events: Sequence[Event],
+        c: _Columns,
+        applied: np.ndarray,
+        prob: np.ndarray,
+        model: LoadedModel,
+    ) -> tuple[list[bytes], list[bytes], np.ndarray]:
+        """Prediction JSON lines of the applied events, their outbox keys, and latencies."""
+        latency = np.round((time.time_ns() - c.ingest_ns) / 1e6, 3)
+        lines: list[bytes] = [b""] * len(events)
         out_keys: list[bytes] = []
-        out_vals: list[bytes] = []
         part = self.partition
         mlabel = _json_str(model.label)
         probs = prob.astype(np.float64).tolist()
@@ -195,49 +254,15 @@ class PartitionScorer:
         for i in np.flatnonzero(applied).tolist():
             ev = events[i]
             tx = ev.tx
-            line = (
+            lines[i] = (
                 f'{{"transaction_id":{_json_str(tx.transaction_id)},'
                 f'"user_id":{_json_str(tx.user_id)},"probability":{probs[i]!r},'
                 f'"model":{mlabel},"event_timestamp":{tx.timestamp!r},"partition":{part},'
                 f'"offset":{ev.offset},"latency_ms":{lat[i]!r},'
                 f'"label":{"null" if tx.label is None else tx.label}}}'
             ).encode()
-            lines[i] = line
             out_keys.append(outbox_key(ev.offset))
-            out_vals.append(line)
-        replayed = np.flatnonzero(~applied).tolist()
-        if replayed:
-            self._read_outbox(events, replayed, lines, prob, latency)
-
-        # 5. One atomic write: records of changed users, outbox entries, the high-water mark.
-        self.high_water = max(self.high_water, int(offset.max()) + 1)
-        d = np.flatnonzero(dirty)
-        if len(d):
-            sub = UserStates(
-                count=st.count[d],
-                last_ts=st.last_ts[d],
-                last_offset=st.last_offset[d],
-                model_tag=st.model_tag[d],
-                amounts=st.amounts[d],
-                merchants=st.merchants[d],
-                hidden=st.hidden[d],
-            )
-            recs = encode(sub, model.tag)
-            self.store.write(
-                [keys[j] for j in d.tolist()] + out_keys + [HIGH_WATER_KEY],
-                recs + out_vals + [self.high_water.to_bytes(8, "big")],
-            )
-        self.watermark = max(self.watermark, float(ts.max()))
-        return ScoredBatch(
-            user_ids=user_ids,
-            lines=lines,
-            latencies_ms=latency,
-            probabilities=prob,
-            labels=label,
-            replayed=len(replayed),
-            expired=expired_total,
-            inference_seconds=infer,
-        )
+        return lines, out_keys, latency
 
     def _read_outbox(
         self,

@@ -88,6 +88,18 @@ class UserStates:
             hidden=np.zeros((n, hidden), np.float32),
         )
 
+    def take(self, rows: npt.NDArray[np.intp]) -> UserStates:
+        """The states of `rows` only (copies)."""
+        return UserStates(
+            count=self.count[rows],
+            last_ts=self.last_ts[rows],
+            last_offset=self.last_offset[rows],
+            model_tag=self.model_tag[rows],
+            amounts=self.amounts[rows],
+            merchants=self.merchants[rows],
+            hidden=self.hidden[rows],
+        )
+
     def reset(self, rows: npt.NDArray[np.bool_] | npt.NDArray[np.intp]) -> None:
         """Forget the history of `rows` (TTL expiry, model change); keeps the offset fence."""
         self.count[rows] = 0
