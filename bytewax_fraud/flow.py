@@ -73,6 +73,13 @@ def _ingest_batch(
     by_partition: dict[int, list[Event | ControlItem]] = {}
     dead: list[PartitionBatch | DeadLetter] = []
     for item in items:
+        if type(item) is RawMessage:  # the hot path: one parse, no intermediate list
+            parsed = parse_message(item, max_bytes)
+            if isinstance(parsed, Event):
+                by_partition.setdefault(item.partition, []).append(parsed)
+            else:
+                dead.append(parsed)
+            continue
         for result in _ingest(validator, max_bytes, item):
             if isinstance(result, DeadLetter):
                 dead.append(result)
