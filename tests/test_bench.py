@@ -7,9 +7,24 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
-from bytewax_fraud.bench import main
+import numpy as np
+
+from bytewax_fraud.bench import _topic_rate, main, parse_args
+from bytewax_fraud.kafka.local_broker import BrokerUnavailable, tansu_binary
+
+
+def broker_available() -> bool:
+    """Whether the benchmark can reach or start a broker (else its Kafka variant is skipped)."""
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        return True
+    try:
+        tansu_binary()
+    except BrokerUnavailable:
+        return False
+    return True
 
 
 def test_quick_benchmark_reports_every_variant(tmp_path: Path) -> None:
@@ -23,13 +38,16 @@ def test_quick_benchmark_reports_every_variant(tmp_path: Path) -> None:
     assert report["hardware"]["nproc"] >= 1
     assert report["settings"]["events"] == 20_000
     variants = report["variants"]
-    assert set(variants) == {
-        "embedded-1w",
-        "embedded-2p",
-        "embedded-2t",
-        "per-event",
-        "external-http",
-    }
+    expected = {"embedded-1w", "embedded-2p", "embedded-2t", "per-event", "external-http"}
+    kafka = report["kafka"]
+    if broker_available():
+        expected.add("kafka-1w")
+        assert kafka["ran"] is True and kafka["broker"]
+        assert kafka["produce_msg_per_s"] > 0 and kafka["dead_letters"] == {}
+        assert variants["kafka-1w"]["events"] == variants["embedded-1w"]["events"]
+    else:
+        assert kafka["ran"] is False and kafka["reason"]
+    assert set(variants) == expected
     sweep = report["load_sweep"]["points"]
     assert {p["name"].split("@")[0] for p in sweep} == {"embedded-1w", "external", "external-own"}
     for r in [*variants.values(), *sweep]:
@@ -52,3 +70,16 @@ def test_quick_benchmark_reports_every_variant(tmp_path: Path) -> None:
         assert not png.exists()
     else:
         assert png.stat().st_size > 0
+
+
+def test_skip_kafka_flag() -> None:
+    assert parse_args(["--quick", "--skip-kafka"])[0].skip_kafka
+    assert not parse_args(["--quick"])[0].skip_kafka
+
+
+def test_topic_rate_counts_after_the_first_timestamp_and_skips_the_warmup() -> None:
+    ts = np.array([1000, 1000, 1100, 1200, 1500, 2000], np.int64)
+    rate, skip = _topic_rate(ts, warmup_s=0.15, events=6, fallback=-1.0)
+    assert rate == 4 / 1.0  # 4 messages after t0, over 1 s
+    assert skip == 3  # 1000, 1000, 1100 are within 150 ms of the first
+    assert _topic_rate(ts[:2], 0.0, 2, fallback=7.0) == (7.0, 0)  # too short a span
