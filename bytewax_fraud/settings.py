@@ -100,6 +100,11 @@ class Settings(BaseSettings):
     control_poll_interval: float = Field(
         0.5, gt=0, description="seconds between reads of the control input"
     )
+    gc_threshold: int = Field(
+        100_000,
+        ge=0,
+        description="allocations between young GC collections (0: Python's default tuning)",
+    )
     summary_file: Path | None = Field(
         None, description="also write the end-of-run summary as JSON to this file"
     )
