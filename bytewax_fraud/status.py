@@ -50,7 +50,8 @@ class Histogram:
         """Add observations (the caller holds the stats lock)."""
         v = np.asarray(values, dtype=np.float64)
         if v.size:
-            np.add.at(self.counts, np.searchsorted(self.bounds, v, side="left"), 1)
+            idx = np.searchsorted(self.bounds, v, side="left")
+            self.counts += np.bincount(idx, minlength=len(self.counts))
             self.sum += float(v.sum())
 
     @property
@@ -106,9 +107,12 @@ class RunStats:
     ) -> None:
         """Count a scored batch (replayed events carry NaN latency and are not timed)."""
         lat = latencies_ms[~np.isnan(latencies_ms)]
-        h = np.histogram(np.clip(lat, 1.001e-3, 9.99e5), _EDGES)[0]
+        # Same bins as np.histogram(lat, _EDGES), without its per-call overhead.
+        bins = np.searchsorted(_EDGES, np.clip(lat, 1.001e-3, 9.99e5), side="right") - 1
+        h = np.bincount(bins, minlength=len(_EDGES) - 1)
         labelled = labels >= 0
         flagged = probabilities >= self.threshold
+        fraud = labels == 1
         with self.lock:
             self.scored += len(latencies_ms)
             self.replayed += replayed
@@ -121,9 +125,9 @@ class RunStats:
             for w in (self.total, self.interval):
                 w.events += len(latencies_ms)
                 w.hist += h
-            self.true_pos += int((flagged & labelled & (labels == 1)).sum())
-            self.false_pos += int((flagged & labelled & (labels == 0)).sum())
-            self.false_neg += int((~flagged & labelled & (labels == 1)).sum())
+            self.true_pos += int(np.count_nonzero(flagged & fraud))
+            self.false_pos += int(np.count_nonzero(flagged & labelled & ~fraud))
+            self.false_neg += int(np.count_nonzero(~flagged & fraud))
 
     def record_snapshot(self, partition: int, seconds: float, keys: int) -> None:
         """Count a partition snapshot and its (estimated) number of stored keys."""
