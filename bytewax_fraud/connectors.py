@@ -59,13 +59,14 @@ def make_source(s: Settings) -> Source[RawMessage | ControlMessage]:
             batch_max=s.batch_max,
             batch_timeout_s=s.batch_timeout_ms / 1000.0,
         )
-    return WithControl(inner, control_reader(s), *_control_name(s), s.control_poll_interval)
+    return WithControl(inner, control_reader(s), _control_name(s), s.control_poll_interval)
 
 
-def _control_name(s: Settings) -> tuple[str]:
+def _control_name(s: Settings) -> str:
+    """Where control commands come from, as dead letters of rejected ones name it."""
     if s.control_file is not None:
-        return (str(s.control_file),)
-    return (s.topic_control if s.kafka_bootstrap_servers else "none",)
+        return str(s.control_file)
+    return s.topic_control if s.kafka_bootstrap_servers else "none"
 
 
 def control_reader(s: Settings) -> Callable[[dict[str, Any] | None], ControlReader]:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, TypeGuard
+from typing import Any, TypeGuard, cast
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
@@ -50,18 +50,14 @@ class Job:
     epoch_interval: timedelta
 
 
-def _ingest(
-    validator: CommandValidator, max_bytes: int, item: RawMessage | ControlMessage
-) -> list[Event | ControlItem | DeadLetter]:
-    """Parse a data message, or validate a control message (reported once, by partition 0)."""
-    if isinstance(item, ControlMessage):
-        outcome = validator.validate(item)
-        if isinstance(outcome, ControlRejected):
-            if item.partition != 0:
-                return []
-            return [control_dead_letter(item.seq, item.value, outcome, item.source)]
-        return [outcome]
-    return [parse_message(item, max_message_bytes=max_bytes)]
+def _control(validator: CommandValidator, item: ControlMessage) -> ControlItem | DeadLetter | None:
+    """Validate a control message; a rejection is reported once, by partition 0's copy."""
+    outcome = validator.validate(item)
+    if not isinstance(outcome, ControlRejected):
+        return outcome
+    if item.partition != 0:
+        return None
+    return control_dead_letter(item.seq, item.value, outcome, item.source)
 
 
 def _ingest_batch(
@@ -74,18 +70,15 @@ def _ingest_batch(
     by_partition: dict[int, list[Event | ControlItem]] = {}
     dead: list[PartitionBatch | DeadLetter] = []
     for item in items:
-        if type(item) is RawMessage:  # the hot path: one parse, no intermediate list
-            parsed = parse_message(item, max_bytes)
-            if isinstance(parsed, Event):
-                by_partition.setdefault(item.partition, []).append(parsed)
-            else:
-                dead.append(parsed)
-            continue
-        for result in _ingest(validator, max_bytes, item):
-            if isinstance(result, DeadLetter):
-                dead.append(result)
-            else:
-                by_partition.setdefault(result.partition, []).append(result)
+        result = (
+            parse_message(item, max_bytes)
+            if type(item) is RawMessage
+            else _control(validator, cast(ControlMessage, item))
+        )
+        if isinstance(result, DeadLetter):
+            dead.append(result)
+        elif result is not None:
+            by_partition.setdefault(result.partition, []).append(result)
     return [PartitionBatch(p, xs) for p, xs in by_partition.items()] + dead
 
 
