@@ -291,11 +291,7 @@ class PartitionScorer:
         """Drop outbox entries for offsets below `below` (they can no longer be replayed)."""
         if below > 0:
             self.store.delete_range(outbox_key(0), outbox_key(below))
-            self._raise_floor(below)
-
-    def _raise_floor(self, offset: int) -> None:
-        """Record that a restart must not replay input below `offset` (see `replay_floor`)."""
-        self.store.write([REPLAY_FLOOR_KEY], [offset.to_bytes(8, "big")])
+            self.store.write([REPLAY_FLOOR_KEY], [below.to_bytes(8, "big")])
 
     def sweep(self, start: bytes, limit: int, safe_offset: int) -> tuple[bytes | None, int]:
         """Delete expired user records in one chunk of the key space.
@@ -316,8 +312,8 @@ class PartitionScorer:
         stale = (heads["last_ts"] < cutoff) & (heads["last_offset"] < safe_offset)
         doomed = [items[i][0] for i in np.flatnonzero(stale).tolist()]
         if doomed:
-            self.store.write([], [], doomed)
-            self._raise_floor(safe_offset)
+            # The floor in the same atomic write: a restart from offset 0 is no longer safe.
+            self.store.write([REPLAY_FLOOR_KEY], [safe_offset.to_bytes(8, "big")], doomed)
         nxt = items[-1][0] + b"\x00"
         return (nxt if len(items) == limit else None), len(doomed)
 
