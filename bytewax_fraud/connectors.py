@@ -30,7 +30,7 @@ from bytewax_fraud.control.reader import (
 from bytewax_fraud.events import DeadLetter
 from bytewax_fraud.kafka.admin import admin_client, partition_count
 from bytewax_fraud.kafka.config import admin_config, consumer_config
-from bytewax_fraud.parse import RawMessage, dead_letter_json
+from bytewax_fraud.parse import RawBatch, dead_letter_json
 from bytewax_fraud.scoring import ScoredBatch
 from bytewax_fraud.settings import Settings
 from bytewax_fraud.sinks import JsonLinesSink, StdoutSink
@@ -40,13 +40,13 @@ from bytewax_fraud.status import STATS
 log = logging.getLogger(__name__)
 
 
-def make_source(s: Settings) -> Source[RawMessage | ControlMessage]:
+def make_source(s: Settings) -> Source[RawBatch | ControlMessage]:
     """The input of this run, each partition merged with the control input.
 
     For Kafka the topics are checked first, so a missing topic or a wrong
     partition count fails at start.
     """
-    inner: FixedPartitionedSource[RawMessage, Any]
+    inner: FixedPartitionedSource[RawBatch, Any]
     if s.kafka_bootstrap_servers:
         inner = kafka.kafka_source(s)
     else:

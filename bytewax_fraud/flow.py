@@ -22,6 +22,7 @@ from bytewax.inputs import Source
 from bytewax.outputs import Sink
 from bytewax.recovery import RecoveryConfig
 
+from bytewax_fraud.columns import EventBatch
 from bytewax_fraud.connectors import make_source, output_dead_letters, output_predictions
 from bytewax_fraud.control.commands import ControlItem, ControlMessage, ControlRejected
 from bytewax_fraud.control.deployment import control_dead_letter
@@ -31,7 +32,7 @@ from bytewax_fraud.events import DeadLetter
 from bytewax_fraud.features import N_FEATURES
 from bytewax_fraud.model.runtime import LoadedModel, load_model, load_model_bytes
 from bytewax_fraud.operator import PartitionBatch, PartitionConfig, logic_builder
-from bytewax_fraud.parse import Event, RawMessage, parse_message
+from bytewax_fraud.parse import RawBatch, RawMessage, parse_batch
 from bytewax_fraud.partitioning import routing_key
 from bytewax_fraud.recovery import prepare_recovery
 from bytewax_fraud.scoring import ScoredBatch
@@ -61,24 +62,31 @@ def _control(validator: CommandValidator, item: ControlMessage) -> ControlItem |
 
 
 def _ingest_batch(
-    validator: CommandValidator, max_bytes: int, items: list[RawMessage | ControlMessage]
+    validator: CommandValidator, max_bytes: int, items: list[RawBatch | RawMessage | ControlMessage]
 ) -> list[PartitionBatch | DeadLetter]:
-    """Parse a source batch into one batch per state partition (in order) and dead letters.
+    """Parse source batches into one batch per state partition (in order) and dead letters.
 
-    Working on whole batches keeps Bytewax's per-item cost off the per-event path.
+    Working on whole batches, as columns, keeps per-event objects off the hot path.
+    Single `RawMessage`s (from a custom source) are parsed as batches of one.
     """
-    by_partition: dict[int, list[Event | ControlItem]] = {}
+    by_partition: dict[int, list[EventBatch | ControlItem]] = {}
     dead: list[PartitionBatch | DeadLetter] = []
     for item in items:
-        result = (
-            parse_message(item, max_bytes)
-            if type(item) is RawMessage
-            else _control(validator, cast(ControlMessage, item))
-        )
-        if isinstance(result, DeadLetter):
-            dead.append(result)
-        elif result is not None:
-            by_partition.setdefault(result.partition, []).append(result)
+        kind = type(item)
+        if kind is RawBatch or kind is RawMessage:
+            raw = (
+                cast(RawBatch, item) if kind is RawBatch else RawBatch.of([cast(RawMessage, item)])
+            )
+            events, rejected = parse_batch(raw, max_bytes)
+            dead += rejected
+            if events is not None:
+                by_partition.setdefault(raw.partition, []).append(events)
+        else:
+            control = _control(validator, cast(ControlMessage, item))
+            if isinstance(control, DeadLetter):
+                dead.append(control)
+            elif control is not None:
+                by_partition.setdefault(control.partition, []).append(control)
     return [PartitionBatch(p, xs) for p, xs in by_partition.items()] + dead
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from bytewax.operators import StatefulBatchLogic
 
+from bytewax_fraud.columns import EventBatch
 from bytewax_fraud.control.commands import ControlItem, ControlRejected
 from bytewax_fraud.control.deployment import (
     DEPLOYMENTS_KEY,
@@ -31,7 +32,6 @@ from bytewax_fraud.control.deployment import apply as apply_command
 from bytewax_fraud.errors import RecoveryError
 from bytewax_fraud.events import DeadLetter
 from bytewax_fraud.model.runtime import LoadedModel
-from bytewax_fraud.parse import Event
 from bytewax_fraud.scoring import PartitionScorer, ScoredBatch
 from bytewax_fraud.state.base import HIGH_WATER_KEY, REPLAY_FLOOR_KEY, USER_PREFIX, StateStore
 from bytewax_fraud.state.manifest import partition_dir
@@ -99,7 +99,7 @@ class PartitionBatch:
     """Events and control items of one state partition, in stream order."""
 
     partition: int
-    items: list[Event | ControlItem]
+    items: list[EventBatch | ControlItem]
 
 
 #: What the scoring step gives out.
@@ -149,19 +149,21 @@ class PartitionLogic(StatefulBatchLogic[PartitionBatch, Outbound, dict[str, Any]
         scorer = self._scorer or self._open(batches[0].partition)
         values = batches[0].items if len(batches) == 1 else [x for b in batches for x in b.items]
         out: list[Outbound] = []
-        start = 0
-        for i, value in enumerate(values):
-            if isinstance(value, ControlItem):
-                out += self._score(scorer, values[start:i])
+        events: list[EventBatch] = []
+        for value in values:
+            if isinstance(value, EventBatch):
+                events.append(value)
+            else:  # a control item applies between the events before and after it
+                out += self._score(scorer, events)
                 out += self._control(scorer, value)
-                start = i + 1
-        out += self._score(scorer, values[start:])
+                events = []
+        out += self._score(scorer, events)
         return out, StatefulBatchLogic.RETAIN
 
-    def _score(self, scorer: PartitionScorer, events: list[Any]) -> list[ScoredBatch]:
+    def _score(self, scorer: PartitionScorer, events: list[EventBatch]) -> list[ScoredBatch]:
         if not events:
             return []
-        scored = scorer.score(events)
+        scored = scorer.score(EventBatch.concat(events))
         STATS.record_scored(
             scored.latencies_ms,
             scored.probabilities,

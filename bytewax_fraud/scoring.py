@@ -22,6 +22,7 @@ from json.encoder import encode_basestring_ascii as _json_str
 
 import numpy as np
 
+from bytewax_fraud.columns import EventBatch
 from bytewax_fraud.control.deployment import Deployment
 from bytewax_fraud.errors import RecoveryError
 from bytewax_fraud.features import compute_features, merchant_code, push
@@ -33,25 +34,20 @@ from bytewax_fraud.state.base import (
     USER_PREFIX,
     StateStore,
     outbox_key,
+    outbox_keys,
     user_key,
 )
 from bytewax_fraud.state.codec import UserStates, decode, decode_headers, encode
 
 
 @dataclass(frozen=True, slots=True)
-class _Columns:
-    """A batch of events as columns, with each event's user row and wave."""
+class _Groups:
+    """A batch's events grouped by user: each event's user row and wave."""
 
-    user_ids: list[str]  # per event
     users: list[str]  # distinct, in order of first appearance
     row_of: np.ndarray  # event -> index into users
     wave_of: np.ndarray  # event -> how many earlier events of its user are in the batch
-    amount: np.ndarray
-    ts: np.ndarray
-    merchant: np.ndarray
-    offset: np.ndarray
-    ingest_ns: np.ndarray
-    label: np.ndarray  # -1 where the event had no label
+    merchant: np.ndarray  # event -> merchant code
 
 
 @dataclass(frozen=True)
@@ -93,65 +89,62 @@ class PartitionScorer:
         self.high_water = 0
         self._merchant_codes: dict[str, int] = {}
 
-    def score(self, events: Sequence[Event]) -> ScoredBatch:
+    def score(self, events: EventBatch | Sequence[Event]) -> ScoredBatch:
         """Score events (in partition order), splitting into batches of at most `batch_max`."""
-        return _concat(
-            [
-                self._score_deployed(events[i : i + self.batch_max])
-                for i in range(0, len(events), self.batch_max)
-            ]
-        )
+        batch = events if isinstance(events, EventBatch) else EventBatch.from_events(events)
+        n, size = len(batch), self.batch_max
+        if n <= size:
+            return self._score_deployed(batch)
+        return _concat([self._score_deployed(batch.slice(i, i + size)) for i in range(0, n, size)])
 
-    def _score_deployed(self, events: Sequence[Event]) -> ScoredBatch:
+    def _score_deployed(self, batch: EventBatch) -> ScoredBatch:
         """Score with the deployment's models: the candidate's users apart from the rest."""
         dep = self.deployment
         if dep.candidate is None:
-            return self._score(events, dep.primary)
-        mask = dep.on_candidate([ev.tx.user_id for ev in events])
+            return self._score(batch, dep.primary)
+        mask = dep.on_candidate(batch.user_ids)
         parts = []
         for idx, model in (
             (np.flatnonzero(~mask), dep.primary),
             (np.flatnonzero(mask), dep.candidate),
         ):
             if len(idx):
-                parts.append((idx, self._score([events[i] for i in idx.tolist()], model)))
-        return _interleave(parts, len(events))
+                parts.append((idx, self._score(batch.take(idx), model)))
+        return _interleave(parts, len(batch))
 
-    def _score(self, events: Sequence[Event], model: LoadedModel) -> ScoredBatch:
-        cols = self._columns(events)
-        keys = [user_key(u) for u in cols.users]
+    def _score(self, batch: EventBatch, model: LoadedModel) -> ScoredBatch:
+        g = self._groups(batch)
+        keys = [user_key(u) for u in g.users]
         st = decode(self.store.get_many(keys), self.window, model.hidden_size, model.tag)
-        applied, dirty, prob, expired, infer = self._apply_waves(cols, st, model)
-        lines, out_keys, latency = self._lines(events, cols, applied, prob, model)
+        applied, dirty, prob, expired, infer = self._apply_waves(batch, g, st, model)
+        lines, out_keys, latency = self._lines(batch, applied, prob, model)
         replayed = np.flatnonzero(~applied).tolist()
         if replayed:
-            self._read_outbox(events, replayed, lines, prob, latency)
+            self._read_outbox(batch, replayed, lines, prob, latency)
         # One atomic write: records of changed users, outbox entries, the high-water mark.
-        self.high_water = max(self.high_water, int(cols.offset.max()) + 1)
+        self.high_water = max(self.high_water, int(batch.offsets.max()) + 1)
         d = np.flatnonzero(dirty)
         if len(d):
             self.store.write(
                 [keys[j] for j in d.tolist()] + out_keys + [HIGH_WATER_KEY],
                 encode(st.take(d), model.tag)
-                + [lines[i] for i in np.flatnonzero(applied).tolist()]
+                + (lines if not replayed else [lines[i] for i in np.flatnonzero(applied).tolist()])
                 + [self.high_water.to_bytes(8, "big")],
             )
-        self.watermark = max(self.watermark, float(cols.ts.max()))
+        self.watermark = max(self.watermark, float(batch.timestamps.max()))
         return ScoredBatch(
-            user_ids=cols.user_ids,
+            user_ids=batch.user_ids,
             lines=lines,
             latencies_ms=latency,
             probabilities=prob,
-            labels=cols.label,
+            labels=batch.labels,
             replayed=len(replayed),
             expired=expired,
             inference_seconds=infer,
         )
 
-    def _columns(self, events: Sequence[Event]) -> _Columns:
-        """Events as columns (one comprehension per field), grouped by user in order."""
-        n = len(events)
-        txs = [ev.tx for ev in events]
+    def _groups(self, batch: EventBatch) -> _Groups:
+        """Group the events by user, in order; code the merchants."""
         codes = self._merchant_codes
         if len(codes) > 200_000:
             codes.clear()  # a bound on the merchant-code cache
@@ -159,55 +152,47 @@ class PartitionScorer:
         seen: dict[str, int] = {}
         row_list = []
         wave_list = []
-        user_ids = [tx.user_id for tx in txs]
-        merchants = [tx.merchant for tx in txs]
-        for uid in user_ids:
+        for uid in batch.user_ids:
             row_list.append(rows.setdefault(uid, len(rows)))
             k = seen.get(uid, 0)
             seen[uid] = k + 1
             wave_list.append(k)
-        return _Columns(
-            user_ids=user_ids,
+        return _Groups(
             users=list(rows),
             row_of=np.asarray(row_list, np.intp),
             wave_of=np.asarray(wave_list, np.intp),
-            amount=np.fromiter([tx.amount for tx in txs], np.float64, n),
-            ts=np.fromiter([tx.timestamp for tx in txs], np.float64, n),
             merchant=np.fromiter(
-                [codes.get(m) or codes.setdefault(m, merchant_code(m)) for m in merchants],
+                [codes.get(m) or codes.setdefault(m, merchant_code(m)) for m in batch.merchants],
                 np.uint32,
-                n,
+                len(batch),
             ),
-            offset=np.fromiter([ev.offset for ev in events], np.int64, n),
-            ingest_ns=np.fromiter([ev.ingest_ns for ev in events], np.int64, n),
-            label=np.fromiter([-1 if tx.label is None else tx.label for tx in txs], np.int8, n),
         )
 
     def _apply_waves(
-        self, c: _Columns, st: UserStates, model: LoadedModel
+        self, b: EventBatch, g: _Groups, st: UserStates, model: LoadedModel
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, list[float]]:
         """Run every user's k-th event in wave k: fence, expire, features, one model call.
 
         Returns which events were applied, which users changed, the probabilities,
         the number of TTL expiries and the duration of each model call.
         """
-        n = len(c.user_ids)
+        n = len(b)
         prob = np.zeros(n, np.float32)
         applied = np.zeros(n, bool)
-        dirty = np.zeros(len(c.users), bool)
+        dirty = np.zeros(len(g.users), bool)
         expired_total = 0
         infer: list[float] = []
-        order = np.argsort(c.wave_of, kind="stable")
-        bounds = np.searchsorted(c.wave_of[order], np.arange(int(c.wave_of.max()) + 2))
+        order = np.argsort(g.wave_of, kind="stable")
+        bounds = np.searchsorted(g.wave_of[order], np.arange(int(g.wave_of.max()) + 2))
         for wave in range(len(bounds) - 1):
             e = order[bounds[wave] : bounds[wave + 1]]
-            r = c.row_of[e]
-            fresh = c.offset[e] > st.last_offset[r]  # replays were applied the first time
+            r = g.row_of[e]
+            fresh = b.offsets[e] > st.last_offset[r]  # replays were applied the first time
             if not fresh.all():
                 e, r = e[fresh], r[fresh]
                 if len(e) == 0:
                     continue
-            expired = (st.count[r] > 0) & (c.ts[e] - st.last_ts[r] > self.ttl)
+            expired = (st.count[r] > 0) & (b.timestamps[e] - st.last_ts[r] > self.ttl)
             if expired.any():
                 st.reset(r[expired])
                 expired_total += int(expired.sum())
@@ -216,9 +201,9 @@ class PartitionScorer:
                 st.merchants[r],
                 st.count[r],
                 st.last_ts[r],
-                c.amount[e],
-                c.ts[e],
-                c.merchant[e],
+                b.amounts[e],
+                b.timestamps[e],
+                g.merchant[e],
             )
             t = time.perf_counter()
             p, h = model.predict(feats, st.hidden[r] if model.hidden_size else None)
@@ -227,58 +212,56 @@ class PartitionScorer:
             if h is not None:
                 st.hidden[r] = h
             st.amounts[r], st.merchants[r], st.count[r] = push(
-                st.amounts[r], st.merchants[r], st.count[r], c.amount[e], c.merchant[e]
+                st.amounts[r], st.merchants[r], st.count[r], b.amounts[e], g.merchant[e]
             )
-            st.last_ts[r] = c.ts[e]
-            st.last_offset[r] = c.offset[e]
+            st.last_ts[r] = b.timestamps[e]
+            st.last_offset[r] = b.offsets[e]
             applied[e] = True
             dirty[r] = True
         return applied, dirty, prob, expired_total, infer
 
     def _lines(
-        self,
-        events: Sequence[Event],
-        c: _Columns,
-        applied: np.ndarray,
-        prob: np.ndarray,
-        model: LoadedModel,
+        self, b: EventBatch, applied: np.ndarray, prob: np.ndarray, model: LoadedModel
     ) -> tuple[list[bytes], list[bytes], np.ndarray]:
         """Prediction JSON lines of the applied events, their outbox keys, and latencies."""
-        latency = np.round((time.time_ns() - c.ingest_ns) / 1e6, 3)
-        lines: list[bytes] = [b""] * len(events)
-        out_keys: list[bytes] = []
-        part = self.partition
-        mlabel = _json_str(model.label)
-        probs = prob.astype(np.float64).tolist()
-        lat = latency.tolist()
-        for i in np.flatnonzero(applied).tolist():
-            ev = events[i]
-            tx = ev.tx
-            lines[i] = (
-                f'{{"transaction_id":{_json_str(tx.transaction_id)},'
-                f'"user_id":{_json_str(tx.user_id)},"probability":{probs[i]!r},'
-                f'"model":{mlabel},"event_timestamp":{tx.timestamp!r},"partition":{part},'
-                f'"offset":{ev.offset},"latency_ms":{lat[i]!r},'
-                f'"label":{"null" if tx.label is None else tx.label}}}'
-            ).encode()
-            out_keys.append(outbox_key(ev.offset))
+        latency = np.round((time.time_ns() - b.ingest_ns) / 1e6, 3)
+        head = f'"model":{_json_str(model.label)},"event_timestamp":'
+        part = f',"partition":{self.partition},"offset":'
+        labels = ["null" if x < 0 else str(x) for x in b.labels.tolist()]
+        rows = zip(
+            b.transaction_ids,
+            b.user_ids,
+            prob.astype(np.float64).tolist(),
+            b.timestamps.tolist(),
+            b.offsets.tolist(),
+            latency.tolist(),
+            labels,
+            strict=True,
+        )
+        lines = [
+            f'{{"transaction_id":{_json_str(t)},"user_id":{_json_str(u)},"probability":{p!r},'
+            f'{head}{ts!r}{part}{o},"latency_ms":{lat!r},"label":{lab}}}'.encode()
+            for t, u, p, ts, o, lat, lab in rows
+        ]
+        at = np.flatnonzero(applied) if not applied.all() else None
+        offsets = b.offsets if at is None else b.offsets[at]
+        out_keys = outbox_keys(offsets)
         return lines, out_keys, latency
 
     def _read_outbox(
         self,
-        events: Sequence[Event],
+        b: EventBatch,
         idx: list[int],
         lines: list[bytes],
         prob: np.ndarray,
         latency: np.ndarray,
     ) -> None:
-        vals = self.store.get_many([outbox_key(events[i].offset) for i in idx])
+        vals = self.store.get_many(outbox_keys(b.offsets[idx]))
         for i, v in zip(idx, vals, strict=True):
             if v is None:
-                ev = events[i]
                 raise RecoveryError(
-                    f"partition {self.partition}: the event at offset {ev.offset} (user"
-                    f" {ev.tx.user_id}) was applied to the state already, but its prediction is"
+                    f"partition {self.partition}: the event at offset {b.offsets[i]} (user"
+                    f" {b.user_ids[i]}) was applied to the state already, but its prediction is"
                     " not in the outbox: the input was rewound past the last snapshot. The state"
                     " directory and the recovery directory do not belong together; restore both"
                     " from the same backup, or delete both to start fresh"

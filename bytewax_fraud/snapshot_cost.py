@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from bytewax_fraud.columns import EventBatch
 from bytewax_fraud.errors import FraudError
 from bytewax_fraud.events import Transaction
 from bytewax_fraud.generator import user_id, user_id_bytes
@@ -265,7 +266,9 @@ def measure_resume(
             evs = events_for(members[p], p, scorer.high_water, batch * 6)
             for k in range(6):
                 t = time.perf_counter()
-                logic.on_batch([PartitionBatch(p, list(evs[k * batch : (k + 1) * batch]))])
+                logic.on_batch(
+                    [PartitionBatch(p, [EventBatch.from_events(evs[k * batch : (k + 1) * batch])])]
+                )
                 took = (time.perf_counter() - t) * 1000
                 (first if k == 0 else later).append(took)
     finally:

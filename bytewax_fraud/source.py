@@ -14,11 +14,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+import numpy as np
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from bytewax_fraud.batching import DeadlineBatcher
 from bytewax_fraud.generator import TransactionGenerator
-from bytewax_fraud.parse import RawMessage
+from bytewax_fraud.parse import RawBatch
 from bytewax_fraud.partitioning import partition_of_routing_key, routing_key
 
 
@@ -30,7 +31,7 @@ def partition_quota(total: int | None, partitions: int, partition: int) -> int |
 
 
 @dataclass(frozen=True)
-class GeneratorSource(FixedPartitionedSource[RawMessage, int]):
+class GeneratorSource(FixedPartitionedSource[RawBatch, int]):
     """Generated transactions, partitioned like the state."""
 
     users: int
@@ -63,7 +64,7 @@ class GeneratorSource(FixedPartitionedSource[RawMessage, int]):
         )
 
 
-class _GeneratorPartition(StatefulSourcePartition[RawMessage, int]):
+class _GeneratorPartition(StatefulSourcePartition[RawBatch, int]):
     def __init__(
         self,
         gen: TransactionGenerator,
@@ -93,7 +94,7 @@ class _GeneratorPartition(StatefulSourcePartition[RawMessage, int]):
         due = int((self._clock() - self._t0) * self._rate) - (self._offset - self._start)
         return min(left, due)
 
-    def next_batch(self) -> list[RawMessage]:
+    def next_batch(self) -> list[RawBatch]:
         if self._empty or (self._quota is not None and self._offset >= self._quota):
             raise StopIteration()
         n = self._pending()
@@ -101,14 +102,11 @@ class _GeneratorPartition(StatefulSourcePartition[RawMessage, int]):
             n = self._batcher.take(n)
         if n <= 0:
             return []
-        now_ns = time.time_ns()
-        p, o = self._partition, self._offset
-        batch = [
-            RawMessage(value, None, "generator", p, o + i, None, now_ns)
-            for i, value in enumerate(itertools.islice(self._events, n))
-        ]
-        self._offset += len(batch)
-        return batch
+        values: list[bytes | None] = list(itertools.islice(self._events, n))
+        o = self._offset
+        self._offset += len(values)
+        offsets = np.arange(o, self._offset, dtype=np.int64)
+        return [RawBatch("generator", self._partition, offsets, values, None, None, time.time_ns())]
 
     def next_awake(self) -> datetime | None:
         if self._rate <= 0:

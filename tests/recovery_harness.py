@@ -85,9 +85,14 @@ def run_with_kills(
     rng: random.Random,
     args_per_run: list[list[str]] | None = None,
     window: tuple[float, float] = (2.0, 5.0),
+    after_output: bool = False,
     **env: Any,
 ) -> int:
     """SIGKILL the job `kills` times at random moments, resuming each time; then finish.
+
+    A kill comes `window` seconds after the start, or, with `after_output`, after
+    the run first adds to the predictions file (so start-up time, which varies
+    from machine to machine, does not decide whether a kill hits).
 
     Returns how many kills hit a running job (a run may finish before its kill).
     """
@@ -99,7 +104,10 @@ def run_with_kills(
             _, err = p.communicate(timeout=300)
             assert p.returncode == 0, err.decode()[-3000:]
             return hit
-        deadline = time.monotonic() + rng.uniform(*window)
+        delay = rng.uniform(*window)
+        if after_output:
+            _wait_for_output(p, dirs.out / "predictions.jsonl")
+        deadline = time.monotonic() + delay
         while p.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
         if p.poll() is None:
@@ -108,6 +116,16 @@ def run_with_kills(
         _, err = p.communicate(timeout=60)
         assert p.returncode in (0, -signal.SIGKILL), err.decode()[-3000:]
     return hit
+
+
+def _wait_for_output(p: subprocess.Popen[bytes], path: Path, timeout: float = 120.0) -> None:
+    """Wait until the running job writes to `path` (or ends)."""
+    size = path.stat().st_size if path.exists() else 0
+    deadline = time.monotonic() + timeout
+    while p.poll() is None and time.monotonic() < deadline:
+        if path.exists() and path.stat().st_size > size:
+            return
+        time.sleep(0.01)
 
 
 def live_records(state_dir: Path, ttl: float) -> dict[bytes, bytes]:

@@ -38,7 +38,9 @@ def assert_same_as_clean(dirs: JobDirs, clean: JobDirs) -> None:
 
 def test_random_kills_lose_nothing_and_apply_nothing_twice(tmp_path: Path, clean: JobDirs) -> None:
     dirs = JobDirs(tmp_path)
-    hits = run_with_kills(dirs, kills=3, rng=random.Random(11), **TTL_ENV)
+    hits = run_with_kills(
+        dirs, kills=3, rng=random.Random(11), window=(0.2, 1.5), after_output=True, **TTL_ENV
+    )
     assert hits >= 2
     assert_same_as_clean(dirs, clean)
 
@@ -46,7 +48,9 @@ def test_random_kills_lose_nothing_and_apply_nothing_twice(tmp_path: Path, clean
 @pytest.mark.slow
 def test_soak_twelve_random_kills(tmp_path: Path, clean: JobDirs) -> None:
     dirs = JobDirs(tmp_path)
-    hits = run_with_kills(dirs, kills=12, rng=random.Random(7), window=(1.0, 2.0), **TTL_ENV)
+    hits = run_with_kills(
+        dirs, kills=12, rng=random.Random(7), window=(0.1, 0.8), after_output=True, **TTL_ENV
+    )
     assert hits >= 10
     assert_same_as_clean(dirs, clean)
 
@@ -69,7 +73,16 @@ def test_kill_inside_a_snapshot(tmp_path: Path, clean: JobDirs) -> None:
 )
 def test_rescale_on_resume(tmp_path: Path, clean: JobDirs, plan: list[list[str]]) -> None:
     dirs = JobDirs(tmp_path)
-    run_with_kills(dirs, kills=1, rng=random.Random(3), args_per_run=plan, **TTL_ENV)
+    hits = run_with_kills(
+        dirs,
+        kills=1,
+        rng=random.Random(3),
+        args_per_run=plan,
+        window=(0.3, 1.0),
+        after_output=True,
+        **TTL_ENV,
+    )
+    assert hits == 1
     assert_same_as_clean(dirs, clean)
 
 

@@ -2,8 +2,9 @@
 
 Built on Bytewax's own Kafka partition reader (`bytewax.connectors.kafka`): one
 consumer per topic-partition, assigned (never a consumer group), resume state
-= the next offset to read, nothing committed to Kafka. Messages become
-`RawMessage`s directly, with no intermediate object per message.
+= the next offset to read, nothing committed to Kafka. A consumed batch
+becomes one `RawBatch` (columns of values, keys, offsets, timestamps), with no
+intermediate object per message.
 
 Each input partition's key is `partitioning.routing_key(p)`, the same key the
 scoring step routes partition p by, so a partition is read on the worker that
@@ -16,13 +17,14 @@ import logging
 import time
 from typing import Any, cast
 
+import numpy as np
 from bytewax.connectors.kafka import _KafkaSourcePartition
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, TIMESTAMP_NOT_AVAILABLE, TopicPartition
 from confluent_kafka import KafkaError as ConfluentError
 
 from bytewax_fraud.kafka.errors import KafkaConsumeError
-from bytewax_fraud.parse import RawMessage
+from bytewax_fraud.parse import RawBatch
 from bytewax_fraud.partitioning import partition_of_routing_key, routing_key
 
 log = logging.getLogger(__name__)
@@ -44,8 +46,8 @@ _FATAL = frozenset(
 )
 
 
-class KafkaTransactionSource(FixedPartitionedSource[RawMessage, int]):
-    """Reads `topic` (with `partitions` partitions, checked at start) as `RawMessage`s."""
+class KafkaTransactionSource(FixedPartitionedSource[RawBatch, int]):
+    """Reads `topic` (with `partitions` partitions, checked at start) as `RawBatch`es."""
 
     def __init__(
         self,
@@ -72,7 +74,7 @@ class KafkaTransactionSource(FixedPartitionedSource[RawMessage, int]):
 
     def build_part(
         self, step_id: str, for_part: str, resume_state: int | None
-    ) -> StatefulSourcePartition[RawMessage, int]:
+    ) -> StatefulSourcePartition[RawBatch, int]:
         config = {**self._config, "enable.partition.eof": self._stop_at_end}
         reader = KafkaPartitionReader(
             step_id,
@@ -84,8 +86,8 @@ class KafkaTransactionSource(FixedPartitionedSource[RawMessage, int]):
             self._batch_size,
             self._timeout,
         )
-        # Bytewax's reader is typed for its own message class; this one emits RawMessage.
-        return cast(StatefulSourcePartition[RawMessage, int], reader)
+        # Bytewax's reader is typed for its own message class; this one emits RawBatch.
+        return cast(StatefulSourcePartition[RawBatch, int], reader)
 
 
 class KafkaPartitionReader(_KafkaSourcePartition):
@@ -108,36 +110,33 @@ class KafkaPartitionReader(_KafkaSourcePartition):
         self._timeout = timeout_s
         self._errors_logged = 0
 
-    def next_batch(self) -> list[RawMessage]:  # type: ignore[override]
+    def next_batch(self) -> list[RawBatch]:  # type: ignore[override]
         if self._eof:
             raise StopIteration()
         msgs = self._consumer.consume(self._batch_size, self._timeout)
         now_ns = time.time_ns()
-        topic, part = self._topic, self._part_idx
-        batch: list[RawMessage] = []
-        append = batch.append
+        values: list[bytes | None] = []
+        keys: list[bytes | None] = []
+        offsets: list[int] = []
+        stamps: list[float | None] = []
         for msg in msgs:
             err = msg.error()
             if err is not None:
                 self._on_error(err)
                 continue
             ts_type, ts_ms = msg.timestamp()
-            append(
-                RawMessage(
-                    msg.value(),
-                    msg.key(),
-                    topic,
-                    part,
-                    msg.offset(),  # type: ignore[arg-type]
-                    None if ts_type == TIMESTAMP_NOT_AVAILABLE else ts_ms / 1000.0,
-                    now_ns,
-                )
-            )
-        if batch:
-            self._offset = batch[-1].offset + 1
+            values.append(msg.value())
+            keys.append(msg.key())
+            offsets.append(msg.offset())  # type: ignore[arg-type]
+            stamps.append(None if ts_type == TIMESTAMP_NOT_AVAILABLE else ts_ms / 1000.0)
+        if offsets:
+            self._offset = offsets[-1] + 1
         elif self._offset < 0:
             self._resolve_start()
-        return batch
+        if not offsets:
+            return []
+        offs = np.asarray(offsets, np.int64)
+        return [RawBatch(self._topic, self._part_idx, offs, values, keys, stamps, now_ns)]
 
     def _on_error(self, err: ConfluentError) -> None:
         code = err.code()

@@ -5,6 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+import numpy as np
+import numpy.typing as npt
+
 USER_PREFIX = b"u"
 OUTBOX_PREFIX = b"o"
 META_PREFIX = b"m"
@@ -23,6 +26,12 @@ def user_key(user_id: str) -> bytes:
 def outbox_key(offset: int) -> bytes:
     """Store key of the emitted prediction for an input offset (big-endian sorts by offset)."""
     return OUTBOX_PREFIX + offset.to_bytes(8, "big", signed=False)
+
+
+def outbox_keys(offsets: npt.NDArray[np.int64]) -> list[bytes]:
+    """`outbox_key` of each offset (one conversion for the whole array)."""
+    raw = np.asarray(offsets).astype(">u8").tobytes()
+    return [OUTBOX_PREFIX + raw[i : i + 8] for i in range(0, len(raw), 8)]
 
 
 class StateStore(Protocol):
