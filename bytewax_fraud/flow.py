@@ -193,6 +193,7 @@ def build_job(
         restore_model=_restorer(s),
         kept_marks=3 + math.ceil(s.backup_interval / s.snapshot_interval),
         kill_at_snapshot=s.fault_kill_at_snapshot,
+        buffer_bytes=int(s.state_buffer_mb * 1024 * 1024),
     )
     validator = CommandValidator(
         ModelGate(s.model_dir, s.device, s.ort_threads, warmup_batch=s.batch_max)

@@ -34,6 +34,7 @@ from bytewax_fraud.events import DeadLetter
 from bytewax_fraud.model.runtime import LoadedModel
 from bytewax_fraud.scoring import PartitionScorer, ScoredBatch
 from bytewax_fraud.state.base import HIGH_WATER_KEY, REPLAY_FLOOR_KEY, USER_PREFIX, StateStore
+from bytewax_fraud.state.buffered import BufferedStore
 from bytewax_fraud.state.manifest import partition_dir
 from bytewax_fraud.state.memory import MemoryStore
 from bytewax_fraud.state.rocksdb import RocksStore
@@ -58,6 +59,8 @@ class PartitionConfig:
     #: and records older than the oldest kept mark are safe to drop. At least 3.
     kept_marks: int = 3
     kill_at_snapshot: int | None = None  # fault injection for recovery tests
+    #: Write-back buffer per partition store, in bytes (0: every batch writes through).
+    buffer_bytes: int = 0
 
 
 def open_store(config: PartitionConfig, partition: int, resuming: bool) -> StateStore:
@@ -85,7 +88,7 @@ def open_store(config: PartitionConfig, partition: int, resuming: bool) -> State
                 " recovery directory that belongs to this state (bytewax.run -r), or delete the"
                 " state directory to start fresh"
             )
-    return store
+    return BufferedStore(store, config.buffer_bytes) if config.buffer_bytes > 0 else store
 
 
 def _show_deployment(dep: Deployment) -> None:

@@ -78,6 +78,12 @@ class Settings(BaseSettings):
         10.0, gt=0, description="seconds between TTL sweep steps of a partition"
     )
     sweep_chunk: int = Field(10_000, ge=1, description="records examined per TTL sweep step")
+    state_buffer_mb: float = Field(
+        4.0,
+        ge=0,
+        le=4096,
+        description="state writes held in memory per partition before one RocksDB write (0: off)",
+    )
     max_message_bytes: int = Field(
         MAX_MESSAGE_BYTES, ge=64, description="larger input messages become dead letters"
     )
