@@ -781,6 +781,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg, a = parse_args(argv)
     hw = hardware()
     print(f"benchmark on {hw['nproc']} cores ({hw['cpu_model']}); model {cfg.model.name}")
+    if a.workdir is not None:
+        a.workdir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="fraud-bench-", dir=a.workdir) as tmp:
         report = measure(cfg, Path(tmp))
     print()
