@@ -61,7 +61,11 @@ from bytewax_fraud.events import (
 MAX_REASON_CHARS = 300
 
 _FIELDS = frozenset(Transaction.model_fields)
-_N_REQUIRED = sum(f.is_required() for f in Transaction.model_fields.values())
+#: The required fields' names as they appear quoted in JSON (the duplicate-key guard counts them).
+_QUOTED_REQUIRED = tuple(
+    f'"{name}"'.encode() for name, f in Transaction.model_fields.items() if f.is_required()
+)
+_N_REQUIRED = len(_QUOTED_REQUIRED)
 _UTF8_BOM = b"\xef\xbb\xbf"
 _JSON_TYPE_NAMES: dict[type, str] = {
     list: "array",
@@ -192,8 +196,6 @@ class _FastTransaction(TypedDict):
 
 
 _validate_fast = TypeAdapter(_FastTransaction).validator.validate_json
-_QUOTED_REQUIRED = tuple(f'"{name}"'.encode() for name in ("transaction_id", "user_id", "amount"))
-_QUOTED_REQUIRED += tuple(f'"{name}"'.encode() for name in ("currency", "timestamp", "merchant"))
 
 
 def parse_message(
@@ -303,13 +305,13 @@ def parse_batch(
 def _drop_repeated(
     values: list[bytes | None], rows: list[dict[str, Any]], good: list[int], slow: list[int]
 ) -> None:
-    """Move messages that repeat a `Transaction` field from `good` to `slow` (in place).
+    """Move messages that may repeat a `Transaction` field from `good` to `slow` (in place).
 
     One pass over the batch proves the common case clean: every accepted message
     names each required field at least once, so the counts over the whole batch
     equal the number of messages only if no message repeats one; likewise a
-    message with a label names "label" at least once. Otherwise each message is
-    checked on its own, as `parse_message` does.
+    message with a label names "label" at least once. Otherwise the messages the
+    cheap per-message guard flags go to `parse_message`, which decides exactly.
     """
     accepted = [values[i] for i in good]
     joined = b"\n".join(accepted)  # type: ignore[arg-type]
@@ -321,15 +323,11 @@ def _drop_repeated(
         and all(joined.count(name) == n for name in _QUOTED_REQUIRED)
     ):
         return
-    keep = [
-        j
-        for j, value in enumerate(accepted)
-        if not (_may_repeat_a_field(value) and _repeated_fields(value))  # type: ignore[arg-type]
-    ]
+    keep = [j for j, value in enumerate(accepted) if not _may_repeat_a_field(value)]  # type: ignore[arg-type]
     if len(keep) == n:
         return
-    moved = sorted(set(range(n)) - set(keep))
-    slow.extend(good[j] for j in moved)
+    kept = set(keep)
+    slow.extend(good[j] for j in range(n) if j not in kept)
     slow.sort()
     rows[:] = [rows[j] for j in keep]
     good[:] = [good[j] for j in keep]
@@ -372,9 +370,7 @@ def _may_repeat_a_field(value: bytes) -> bool:
     # twice. False alarms (a name used as a string value) go to the exact check.
     if b"\\u" in value:
         return True
-    c = value.count
-    keys = c(b'"transaction_id"') + c(b'"user_id"') + c(b'"amount"') + c(b'"currency"')
-    keys += c(b'"timestamp"') + c(b'"merchant"') + c(b'"label"')
+    keys = sum(value.count(name) for name in _QUOTED_REQUIRED) + value.count(b'"label"')
     # Each required field occurs at least once (validation passed), the optional
     # label at most once unless repeated.
     return keys > _N_REQUIRED + (b'"label"' in value)

@@ -117,19 +117,21 @@ class PartitionScorer:
         keys = [user_key(u) for u in g.users]
         st = decode(self.store.get_many(keys), self.window, model.hidden_size, model.tag)
         applied, dirty, prob, expired, infer = self._apply_waves(batch, g, st, model)
-        lines, out_keys, latency = self._lines(batch, applied, prob, model)
+        lines, latency = self._lines(batch, prob, model)
         replayed = np.flatnonzero(~applied).tolist()
+        # The outbox gets the lines of the events applied now; replays read theirs back.
+        fresh_lines, fresh_offsets = lines, batch.offsets
         if replayed:
             self._read_outbox(batch, replayed, lines, prob, latency)
+            fresh = np.flatnonzero(applied)
+            fresh_lines, fresh_offsets = [lines[i] for i in fresh.tolist()], batch.offsets[fresh]
         # One atomic write: records of changed users, outbox entries, the high-water mark.
         self.high_water = max(self.high_water, int(batch.offsets.max()) + 1)
         d = np.flatnonzero(dirty)
         if len(d):
             self.store.write(
-                [keys[j] for j in d.tolist()] + out_keys + [HIGH_WATER_KEY],
-                encode(st.take(d), model.tag)
-                + (lines if not replayed else [lines[i] for i in np.flatnonzero(applied).tolist()])
-                + [self.high_water.to_bytes(8, "big")],
+                [keys[j] for j in d.tolist()] + outbox_keys(fresh_offsets) + [HIGH_WATER_KEY],
+                encode(st.take(d), model.tag) + fresh_lines + [self.high_water.to_bytes(8, "big")],
             )
         self.watermark = max(self.watermark, float(batch.timestamps.max()))
         return ScoredBatch(
@@ -221,9 +223,9 @@ class PartitionScorer:
         return applied, dirty, prob, expired_total, infer
 
     def _lines(
-        self, b: EventBatch, applied: np.ndarray, prob: np.ndarray, model: LoadedModel
-    ) -> tuple[list[bytes], list[bytes], np.ndarray]:
-        """Prediction JSON lines of the applied events, their outbox keys, and latencies."""
+        self, b: EventBatch, prob: np.ndarray, model: LoadedModel
+    ) -> tuple[list[bytes], np.ndarray]:
+        """Prediction JSON lines and latencies of every event (replays' lines are replaced)."""
         latency = np.round((time.time_ns() - b.ingest_ns) / 1e6, 3)
         head = f'"model":{_json_str(model.label)},"event_timestamp":'
         part = f',"partition":{self.partition},"offset":'
@@ -243,10 +245,7 @@ class PartitionScorer:
             f'{head}{ts!r}{part}{o},"latency_ms":{lat!r},"label":{lab}}}'.encode()
             for t, u, p, ts, o, lat, lab in rows
         ]
-        at = np.flatnonzero(applied) if not applied.all() else None
-        offsets = b.offsets if at is None else b.offsets[at]
-        out_keys = outbox_keys(offsets)
-        return lines, out_keys, latency
+        return lines, latency
 
     def _read_outbox(
         self,

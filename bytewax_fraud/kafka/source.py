@@ -129,12 +129,11 @@ class KafkaPartitionReader(_KafkaSourcePartition):
             keys.append(msg.key())
             offsets.append(msg.offset())  # type: ignore[arg-type]
             stamps.append(None if ts_type == TIMESTAMP_NOT_AVAILABLE else ts_ms / 1000.0)
-        if offsets:
-            self._offset = offsets[-1] + 1
-        elif self._offset < 0:
-            self._resolve_start()
         if not offsets:
+            if self._offset < 0:
+                self._resolve_start()
             return []
+        self._offset = offsets[-1] + 1
         offs = np.asarray(offsets, np.int64)
         return [RawBatch(self._topic, self._part_idx, offs, values, keys, stamps, now_ns)]
 
