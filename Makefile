@@ -35,7 +35,7 @@ test: lint
 	$(BIN)/python -m pytest -q
 
 bench: $(BIN)/.installed
-	$(BIN)/python -m bytewax_fraud.bench
+	$(BIN)/python -m bytewax_fraud.tools.bench
 
 clean:
 	rm -rf state out recovery bench-out .pytest_cache .mypy_cache .ruff_cache

@@ -13,7 +13,8 @@ import sys
 from bytewax.run import cli_main
 
 from bytewax_fraud.errors import FraudError
-from bytewax_fraud.flow import build_job
+from bytewax_fraud.job import build_job
+from bytewax_fraud.services import start_services
 from bytewax_fraud.settings import load_settings, settings_help
 
 _EPILOG = """
@@ -48,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings()
         job = build_job(settings, process_id=args.process_id)
+        start_services(settings)
     except FraudError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -20,6 +20,14 @@ class DeviceError(FraudError):
     """The requested execution device cannot be used."""
 
 
+class ModelChangedError(ModelContractError):
+    """A model file's sha256 is not the one it was expected to have."""
+
+    def __init__(self, message: str, actual_sha256: str) -> None:
+        super().__init__(message)
+        self.actual_sha256 = actual_sha256
+
+
 class StateError(FraudError):
     """The state store is missing, damaged or belongs to another configuration."""
 

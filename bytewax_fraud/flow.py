@@ -1,64 +1,35 @@
-"""Assemble the dataflow: source -> parse -> key by partition -> score -> sinks."""
+"""Wire the dataflow: source -> parse -> key by partition -> score -> sinks.
+
+Only wiring: building a dataflow opens nothing and starts nothing. What the
+steps need (the scorer's config, the command validator, the source and the
+sinks) is prepared by `job.build_job`.
+"""
 
 from __future__ import annotations
 
-import atexit
 import functools
-import gc
-import hashlib
-import json
-import math
-import sys
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import timedelta
-from pathlib import Path
 from typing import Any, TypeGuard, cast
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import Source
-from bytewax.outputs import Sink
-from bytewax.recovery import RecoveryConfig
 
-from bytewax_fraud.columns import EventBatch
-from bytewax_fraud.connectors import make_source, output_dead_letters, output_predictions
+from bytewax_fraud.connectors import Outputs
 from bytewax_fraud.control.commands import ControlItem, ControlMessage, ControlRejected
-from bytewax_fraud.control.deployment import control_dead_letter
-from bytewax_fraud.control.gate import CommandValidator, ModelGate
-from bytewax_fraud.errors import RecoveryError, StateError
-from bytewax_fraud.events import DeadLetter
-from bytewax_fraud.features import N_FEATURES
-from bytewax_fraud.model.runtime import LoadedModel, load_model, load_model_bytes
-from bytewax_fraud.operator import PartitionBatch, PartitionConfig, logic_builder
-from bytewax_fraud.parse import RawBatch, RawMessage, parse_batch
+from bytewax_fraud.control.deployment import report_rejection
+from bytewax_fraud.control.gate import CommandValidator
+from bytewax_fraud.parse import parse_batch
+from bytewax_fraud.partition_logic import PartitionBatch, PartitionConfig, logic_builder
 from bytewax_fraud.partitioning import routing_key
-from bytewax_fraud.recovery import prepare_recovery
-from bytewax_fraud.scoring import ScoredBatch
-from bytewax_fraud.settings import Settings, load_settings
-from bytewax_fraud.state.manifest import NAME, ensure_manifest, run_id
-from bytewax_fraud.status import STATS, format_summary, start_reporter
-from bytewax_fraud.telemetry import start_exporter
-
-
-@dataclass(frozen=True)
-class Job:
-    """A dataflow and how to run it."""
-
-    flow: Dataflow
-    recovery: RecoveryConfig | None
-    epoch_interval: timedelta
-
-
-def _control(validator: CommandValidator, item: ControlMessage) -> ControlItem | DeadLetter | None:
-    """Validate a control message; a rejection is reported once, by partition 0's copy."""
-    outcome = validator.validate(item)
-    if not isinstance(outcome, ControlRejected):
-        return outcome
-    if item.partition != 0:
-        return None
-    return control_dead_letter(item.seq, item.value, outcome, item.source)
+from bytewax_fraud.records import (
+    DeadLetter,
+    EventBatch,
+    RawBatch,
+    RawMessage,
+    ScoredBatch,
+    dead_letter_json,
+)
+from bytewax_fraud.status import STATS
 
 
 def _ingest_batch(
@@ -82,11 +53,12 @@ def _ingest_batch(
             if events is not None:
                 by_partition.setdefault(raw.partition, []).append(events)
         else:
-            control = _control(validator, cast(ControlMessage, item))
-            if isinstance(control, DeadLetter):
-                dead.append(control)
-            elif control is not None:
-                by_partition.setdefault(control.partition, []).append(control)
+            msg = cast(ControlMessage, item)
+            outcome = validator.validate(msg)
+            if isinstance(outcome, ControlRejected):
+                dead += report_rejection(msg.partition, msg.seq, msg.value, outcome, msg.source)
+            else:
+                by_partition.setdefault(outcome.partition, []).append(outcome)
     return [PartitionBatch(p, xs) for p, xs in by_partition.items()] + dead
 
 
@@ -108,156 +80,50 @@ def _is_scored(
     return isinstance(kv[1], ScoredBatch)
 
 
-def _restorer(s: Settings) -> Callable[[dict[str, str]], LoadedModel]:
-    """Loads a model named in a persisted deployment, refusing a changed or missing file."""
-
-    def restore(ref: dict[str, str]) -> LoadedModel:
-        path = Path(ref["path"])
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise RecoveryError(
-                f"model {ref['model_id']} ({path}) served before the restart but cannot be read"
-                f" ({exc}): put the file back, or delete the state to start fresh"
-            ) from exc
-        if hashlib.sha256(data).hexdigest() != ref["sha256"]:
-            raise RecoveryError(
-                f"model {ref['model_id']} at {path} changed since it was deployed (sha256 differs):"
-                " put back the deployed file; model files must not be changed in place"
-            )
-        return load_model_bytes(
-            data,
-            model_id=ref["model_id"],
-            device=s.device,
-            threads=s.ort_threads,
-            expected_features=N_FEATURES,
-            warmup_batch=s.batch_max,
-            source=str(path),
-        )
-
-    return restore
+def _count_dead_letter(_step_id: str, dead: DeadLetter) -> None:
+    STATS.record_dead_letters([dead.error_class])
 
 
-def build_job(
-    settings: Settings | None = None,
-    *,
-    source: Source[Any] | None = None,
-    predictions: Sink[Any] | None = None,
-    dead_letters: Sink[Any] | None = None,
-    in_memory_state: bool = False,
-    process_id: int | None = None,
-) -> Job:
-    """The fraud-scoring job for these settings.
+def _prediction_blob(item: tuple[str, ScoredBatch]) -> tuple[str, bytes]:
+    return ("predictions", b"\n".join(item[1].lines) + b"\n")
 
-    Everything that can be checked before the first event is checked here, so a
-    bad setting, model, state or recovery directory fails at start: the model's
-    contract and device, the state's partition count and window, and whether the
-    recovery directory belongs to the state. In a cluster, process 0 creates the
-    state and recovery directories and the others wait for them.
+
+def _dead_letter_line(dead: DeadLetter) -> tuple[str, bytes]:
+    return ("dead_letters", dead_letter_json(dead) + b"\n")
+
+
+def build_flow(
+    source: Source[Any],
+    outputs: Outputs,
+    config: PartitionConfig,
+    validator: CommandValidator,
+    max_message_bytes: int,
+) -> Dataflow:
+    """The fraud-scoring dataflow over this source and these sinks.
+
+    Args:
+        source: Raw batches (or messages) and control messages, per partition.
+        outputs: Where predictions and dead letters go.
+        config: What every partition's scorer shares (model, state, TTL, ...).
+        validator: Checks control commands once per process.
+        max_message_bytes: Larger messages are dead letters (FRAUD_MAX_MESSAGE_BYTES).
     """
-    s = settings or load_settings()
-    model = load_model(
-        s.model,
-        model_id=s.model_name,
-        device=s.device,
-        threads=s.ort_threads,
-        expected_features=N_FEATURES,
-        warmup_batch=s.batch_max,
-    )
-    recovery = None
-    fresh = True
-    if not in_memory_state:
-        if process_id:
-            _wait_for(s.state_dir / NAME)
-        fresh = ensure_manifest(s.state_dir, s.partitions, s.window)
-        if not process_id:
-            recovery = prepare_recovery(
-                s.recovery_dir,
-                s.state_dir,
-                run_id(s.state_dir),
-                fresh,
-                s.partitions,
-                s.backup_interval,
-            )
-        elif s.recovery_dir is not None:
-            recovery = RecoveryConfig(str(s.recovery_dir), timedelta(seconds=s.backup_interval))
-    STATS.model = model.label
-    config = PartitionConfig(
-        state_dir=None if in_memory_state else s.state_dir,
-        model=model,
-        window=s.window,
-        ttl_seconds=s.state_ttl,
-        batch_max=s.batch_max,
-        sweep_interval=s.sweep_interval,
-        sweep_chunk=s.sweep_chunk,
-        restore_model=_restorer(s),
-        kept_marks=3 + math.ceil(s.backup_interval / s.snapshot_interval),
-        kill_at_snapshot=s.fault_kill_at_snapshot,
-        buffer_bytes=int(s.state_buffer_mb * 1024 * 1024),
-    )
-    validator = CommandValidator(
-        ModelGate(s.model_dir, s.device, s.ort_threads, warmup_batch=s.batch_max)
-    )
     flow = Dataflow("fraud")
-    raw = op.input("transactions", flow, source or make_source(s))
+    raw = op.input("transactions", flow, source)
     parsed = op.flat_map_batch(
-        "parse", raw, functools.partial(_ingest_batch, validator, s.max_message_bytes)
+        "parse", raw, functools.partial(_ingest_batch, validator, max_message_bytes)
     )
     split = op.branch("split_valid", parsed, _is_partition_batch)
     keyed = op.key_on("by_partition", split.trues, _route)
     scored = op.stateful_batch("score", keyed, logic_builder(config))
     results = op.branch("split_results", scored, _is_scored)
-    output_predictions(results.trues, s, fresh, predictions)
     rejected = op.map("unkey_rejected", results.falses, _value)
     dead: Stream[Any] = op.merge("all_dead_letters", split.falses, rejected)
-    output_dead_letters(dead, s, fresh, dead_letters)
-    start_reporter(s.status_interval)
-    start_exporter(s.metrics_port)
-    _register_summary(s.summary_file)
-    _tune_gc(s.gc_threshold)
-    epoch = timedelta(seconds=s.snapshot_interval if recovery else 10.0)
-    return Job(flow, recovery, epoch)
-
-
-def _tune_gc(threshold: int) -> None:
-    """Make Python's cyclic GC rarer and cheaper for the hot path.
-
-    The hot path allocates many short-lived objects (a pydantic model per event). With
-    Python's default thresholds a 150k-event run did 967 young, 88 middle and 8 full
-    collections; the full ones walk every object built at start (modules, ONNX
-    sessions) and took 328 ms in all, up to 48 ms each: latency spikes. With this, the
-    same run did no collection at all. `gc.freeze()` moves the start-up objects out of
-    the collector's way; short-lived objects are freed by reference counting anyway.
-    """
-    if threshold <= 0:
-        return
-    gc.freeze()
-    gc.set_threshold(threshold, 50, 1000)
-
-
-def build_dataflow(settings: Settings | None = None, **kwargs: Any) -> Dataflow:
-    """Only the dataflow of `build_job` (for `python -m bytewax.run` and tests)."""
-    return build_job(settings, **kwargs).flow
-
-
-def _wait_for(path: Path, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if time.monotonic() > deadline:
-            raise StateError(
-                f"{path} did not appear within {timeout:.0f} s: process 0 creates the state"
-                " directory; start it first, or give every process the same FRAUD_STATE_DIR"
-            )
-        time.sleep(0.2)
-
-
-@functools.cache
-def _register_summary(path: Path | None) -> None:
-    def report() -> None:
-        summary = STATS.summary()
-        print(format_summary(summary), file=sys.stderr, flush=True)
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(summary, indent=2) + "\n")
-
-    atexit.register(report)
+    op.inspect("count_dead_letters", dead, _count_dead_letter)
+    predictions: Stream[Any] = results.trues
+    if outputs.as_lines:
+        predictions = op.map("format_predictions", predictions, _prediction_blob)
+        dead = op.map("format_dead_letters", dead, _dead_letter_line)
+    op.output("predictions_out", predictions, outputs.predictions)
+    op.output("dead_letters_out", dead, outputs.dead_letters)
+    return flow

@@ -36,24 +36,25 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable
 from typing import Annotated, Any
 
 import numpy as np
-import numpy.typing as npt
 from pydantic import Field, TypeAdapter, ValidationError
 from typing_extensions import TypedDict
 
-from bytewax_fraud.columns import EventBatch
-from bytewax_fraud.events import (
+from bytewax_fraud.records import (
     MAX_AMOUNT,
     MAX_ID_LENGTH,
     MAX_MESSAGE_BYTES,
     MAX_TIMESTAMP,
     MIN_TIMESTAMP,
     DeadLetter,
+    Event,
+    EventBatch,
     Origin,
+    RawBatch,
+    RawMessage,
     Transaction,
 )
 
@@ -76,98 +77,6 @@ _JSON_TYPE_NAMES: dict[type, str] = {
     bool: "boolean",
     type(None): "null",
 }
-
-
-@dataclass(frozen=True, slots=True)
-class RawMessage:
-    """One message as a source delivers it, before any decoding.
-
-    Attributes:
-        value: The message body; None for a Kafka tombstone.
-        key: The message key, if any.
-        source: Where it came from (a Kafka topic, or the generator's name).
-        partition: Source partition.
-        offset: Offset within the partition.
-        timestamp: The source's timestamp in epoch seconds, if it has one.
-        ingest_ns: `time.monotonic_ns()` when the source handed it to the pipeline.
-    """
-
-    value: bytes | None
-    key: bytes | None
-    source: str
-    partition: int
-    offset: int
-    timestamp: float | None
-    ingest_ns: int
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    """A validated transaction with the position it was read from.
-
-    Attributes:
-        tx: The transaction.
-        partition: Source partition.
-        offset: Offset within the partition.
-        ingest_ns: `time.monotonic_ns()` when the message entered the pipeline.
-    """
-
-    tx: Transaction
-    partition: int
-    offset: int
-    ingest_ns: int
-
-
-@dataclass(frozen=True, slots=True)
-class RawBatch:
-    """Consecutive messages of one source partition, as a source delivers them.
-
-    Attributes:
-        source: Where they came from (a Kafka topic, or the generator's name).
-        partition: Source partition.
-        offsets: Offset of each message.
-        values: Message bodies; None for a Kafka tombstone.
-        keys: Message keys (None: no message has a key).
-        timestamps: The source's timestamps in epoch seconds (None: the source has none).
-        ingest_ns: `time.time_ns()` when the source handed the batch to the pipeline.
-    """
-
-    source: str
-    partition: int
-    offsets: npt.NDArray[np.int64]
-    values: list[bytes | None]
-    keys: list[bytes | None] | None
-    timestamps: list[float | None] | None
-    ingest_ns: int
-
-    def __len__(self) -> int:
-        return len(self.values)
-
-    def message(self, i: int) -> RawMessage:
-        """The i-th message on its own."""
-        return RawMessage(
-            self.values[i],
-            None if self.keys is None else self.keys[i],
-            self.source,
-            self.partition,
-            int(self.offsets[i]),
-            None if self.timestamps is None else self.timestamps[i],
-            self.ingest_ns,
-        )
-
-    @classmethod
-    def of(cls, messages: Sequence[RawMessage]) -> RawBatch:
-        """Messages of one partition and source as a batch."""
-        first = messages[0]
-        return cls(
-            first.source,
-            first.partition,
-            np.fromiter([m.offset for m in messages], np.int64, len(messages)),
-            [m.value for m in messages],
-            [m.key for m in messages],
-            [m.timestamp for m in messages],
-            first.ingest_ns,
-        )
 
 
 _validate_json = Transaction.__pydantic_validator__.validate_json
@@ -331,18 +240,6 @@ def _drop_repeated(
     slow.sort()
     rows[:] = [rows[j] for j in keep]
     good[:] = [good[j] for j in keep]
-
-
-def dead_letter_json(dl: DeadLetter) -> bytes:
-    """Serializes a dead letter as one compact JSON line, without the newline.
-
-    Args:
-        dl: The dead letter.
-
-    Returns:
-        UTF-8 JSON that `DeadLetter.model_validate_json` reads back unchanged.
-    """
-    return dl.__pydantic_serializer__.to_json(dl)
 
 
 def split(results: Iterable[Event | DeadLetter]) -> tuple[list[Event], list[DeadLetter]]:

@@ -20,19 +20,18 @@ from typing import Any
 
 from bytewax.operators import StatefulBatchLogic
 
-from bytewax_fraud.columns import EventBatch
 from bytewax_fraud.control.commands import ControlItem, ControlRejected
 from bytewax_fraud.control.deployment import (
     DEPLOYMENTS_KEY,
     Deployment,
     DeploymentLog,
-    control_dead_letter,
+    report_rejection,
 )
 from bytewax_fraud.control.deployment import apply as apply_command
 from bytewax_fraud.errors import RecoveryError
-from bytewax_fraud.events import DeadLetter
-from bytewax_fraud.model.runtime import LoadedModel
-from bytewax_fraud.scoring import PartitionScorer, ScoredBatch
+from bytewax_fraud.inference.runtime import LoadedModel
+from bytewax_fraud.records import DeadLetter, EventBatch, ScoredBatch
+from bytewax_fraud.scoring import PartitionScorer
 from bytewax_fraud.state.base import HIGH_WATER_KEY, REPLAY_FLOOR_KEY, USER_PREFIX, StateStore
 from bytewax_fraud.state.buffered import BufferedStore
 from bytewax_fraud.state.manifest import partition_dir
@@ -188,8 +187,7 @@ class PartitionLogic(StatefulBatchLogic[PartitionBatch, Outbound, dict[str, Any]
             stack = apply_command(log.stack, item)
         except ControlRejected as rej:
             stack = log.stack
-            if item.partition == 0:  # every partition sees it; report it once
-                rejected.append(control_dead_letter(item.seq, item.command, rej))
+            rejected = report_rejection(item.partition, item.seq, item.command, rej)
         log.record(item, stack, scorer.high_water)
         scorer.deployment = stack[-1]
         scorer.store.write([DEPLOYMENTS_KEY], [log.to_bytes()])

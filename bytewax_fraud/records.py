@@ -1,16 +1,26 @@
-"""What crosses the wire: transactions in, predictions and dead letters out.
+"""The records that flow between the stages, in one place.
 
-These pydantic models are the schema. The hot path builds prediction and
-dead-letter JSON directly (see `predictions.py`), and tests validate that output
-against these models, so the two cannot drift apart.
+What crosses the wire is a pydantic model: `Transaction` in, `Prediction` and
+`DeadLetter` out. The hot path builds prediction and dead-letter JSON directly
+(`scoring.py`, `dead_letter_json`), and tests validate that output against
+these models, so the two cannot drift apart.
+
+Inside the pipeline records are frozen dataclasses: a source emits `RawBatch`
+(columns of one partition's messages) or single `RawMessage`s; parsing turns
+them into `EventBatch` columns (or `Event`s, one per message, for tests and
+custom sources); scoring returns a `ScoredBatch`.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
+import numpy as np
+import numpy.typing as npt
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -122,6 +132,18 @@ class DeadLetter(BaseModel):
     key_b64: str | None = None
 
 
+def dead_letter_json(dl: DeadLetter) -> bytes:
+    """Serializes a dead letter as one compact JSON line, without the newline.
+
+    Args:
+        dl: The dead letter.
+
+    Returns:
+        UTF-8 JSON that `DeadLetter.model_validate_json` reads back unchanged.
+    """
+    return dl.__pydantic_serializer__.to_json(dl)
+
+
 class Prediction(BaseModel):
     """A model's score for one transaction."""
 
@@ -136,3 +158,228 @@ class Prediction(BaseModel):
     offset: int
     latency_ms: float
     label: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RawMessage:
+    """One message as a source delivers it, before any decoding.
+
+    Attributes:
+        value: The message body; None for a Kafka tombstone.
+        key: The message key, if any.
+        source: Where it came from (a Kafka topic, or the generator's name).
+        partition: Source partition.
+        offset: Offset within the partition.
+        timestamp: The source's timestamp in epoch seconds, if it has one.
+        ingest_ns: `time.monotonic_ns()` when the source handed it to the pipeline.
+    """
+
+    value: bytes | None
+    key: bytes | None
+    source: str
+    partition: int
+    offset: int
+    timestamp: float | None
+    ingest_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A validated transaction with the position it was read from.
+
+    Attributes:
+        tx: The transaction.
+        partition: Source partition.
+        offset: Offset within the partition.
+        ingest_ns: `time.monotonic_ns()` when the message entered the pipeline.
+    """
+
+    tx: Transaction
+    partition: int
+    offset: int
+    ingest_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class RawBatch:
+    """Consecutive messages of one source partition, as a source delivers them.
+
+    Attributes:
+        source: Where they came from (a Kafka topic, or the generator's name).
+        partition: Source partition.
+        offsets: Offset of each message.
+        values: Message bodies; None for a Kafka tombstone.
+        keys: Message keys (None: no message has a key).
+        timestamps: The source's timestamps in epoch seconds (None: the source has none).
+        ingest_ns: `time.time_ns()` when the source handed the batch to the pipeline.
+    """
+
+    source: str
+    partition: int
+    offsets: npt.NDArray[np.int64]
+    values: list[bytes | None]
+    keys: list[bytes | None] | None
+    timestamps: list[float | None] | None
+    ingest_ns: int
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def message(self, i: int) -> RawMessage:
+        """The i-th message on its own."""
+        return RawMessage(
+            self.values[i],
+            None if self.keys is None else self.keys[i],
+            self.source,
+            self.partition,
+            int(self.offsets[i]),
+            None if self.timestamps is None else self.timestamps[i],
+            self.ingest_ns,
+        )
+
+    @classmethod
+    def of(cls, messages: Sequence[RawMessage]) -> RawBatch:
+        """Messages of one partition and source as a batch."""
+        first = messages[0]
+        return cls(
+            first.source,
+            first.partition,
+            np.fromiter([m.offset for m in messages], np.int64, len(messages)),
+            [m.value for m in messages],
+            [m.key for m in messages],
+            [m.timestamp for m in messages],
+            first.ingest_ns,
+        )
+
+
+NO_LABEL = -1
+
+
+@dataclass(frozen=True, slots=True)
+class EventBatch:
+    """Valid transactions of one partition, in offset order, as columns.
+
+    Attributes:
+        partition: Source partition (= state partition).
+        offsets: Offset of each event within the partition.
+        ingest_ns: `time.time_ns()` when each event entered the pipeline.
+        transaction_ids: The events' transaction ids.
+        user_ids: The events' user ids.
+        amounts: The amounts.
+        timestamps: Event times, epoch seconds.
+        merchants: The merchant ids.
+        labels: 0 or 1, or `NO_LABEL` where the event had none.
+    """
+
+    partition: int
+    offsets: npt.NDArray[np.int64]
+    ingest_ns: npt.NDArray[np.int64]
+    transaction_ids: list[str]
+    user_ids: list[str]
+    amounts: npt.NDArray[np.float64]
+    timestamps: npt.NDArray[np.float64]
+    merchants: list[str]
+    labels: npt.NDArray[np.int8]
+
+    def __len__(self) -> int:
+        return len(self.user_ids)
+
+    @classmethod
+    def from_rows(
+        cls,
+        partition: int,
+        offsets: npt.NDArray[np.int64],
+        ingest_ns: npt.NDArray[np.int64],
+        rows: Sequence[dict[str, Any]],
+    ) -> EventBatch:
+        """Columns of validated transaction dicts (the fields of `Transaction`)."""
+        n = len(rows)
+        labels = [r["label"] for r in rows]
+        return cls(
+            partition=partition,
+            offsets=offsets,
+            ingest_ns=ingest_ns,
+            transaction_ids=[r["transaction_id"] for r in rows],
+            user_ids=[r["user_id"] for r in rows],
+            amounts=np.fromiter([r["amount"] for r in rows], np.float64, n),
+            timestamps=np.fromiter([r["timestamp"] for r in rows], np.float64, n),
+            merchants=[r["merchant"] for r in rows],
+            labels=(
+                np.fromiter(labels, np.int8, n)
+                if None not in labels
+                else np.fromiter([NO_LABEL if x is None else x for x in labels], np.int8, n)
+            ),
+        )
+
+    @classmethod
+    def from_events(cls, events: Sequence[Event]) -> EventBatch:
+        """Columns of per-event objects (all of one partition)."""
+        if not events:
+            raise ValueError("an EventBatch needs at least one event")
+        n = len(events)
+        return cls.from_rows(
+            events[0].partition,
+            np.fromiter([ev.offset for ev in events], np.int64, n),
+            np.fromiter([ev.ingest_ns for ev in events], np.int64, n),
+            [ev.tx.__dict__ for ev in events],
+        )
+
+    def take(self, idx: npt.NDArray[np.intp]) -> EventBatch:
+        """The events at these positions, in the given order."""
+        at = idx.tolist()
+        return EventBatch(
+            partition=self.partition,
+            offsets=self.offsets[idx],
+            ingest_ns=self.ingest_ns[idx],
+            transaction_ids=[self.transaction_ids[i] for i in at],
+            user_ids=[self.user_ids[i] for i in at],
+            amounts=self.amounts[idx],
+            timestamps=self.timestamps[idx],
+            merchants=[self.merchants[i] for i in at],
+            labels=self.labels[idx],
+        )
+
+    def slice(self, lo: int, hi: int) -> EventBatch:
+        """The events lo..hi-1."""
+        return EventBatch(
+            partition=self.partition,
+            offsets=self.offsets[lo:hi],
+            ingest_ns=self.ingest_ns[lo:hi],
+            transaction_ids=self.transaction_ids[lo:hi],
+            user_ids=self.user_ids[lo:hi],
+            amounts=self.amounts[lo:hi],
+            timestamps=self.timestamps[lo:hi],
+            merchants=self.merchants[lo:hi],
+            labels=self.labels[lo:hi],
+        )
+
+    @staticmethod
+    def concat(batches: Sequence[EventBatch]) -> EventBatch:
+        """Batches of one partition, one after the other."""
+        if len(batches) == 1:
+            return batches[0]
+        return EventBatch(
+            partition=batches[0].partition,
+            offsets=np.concatenate([b.offsets for b in batches]),
+            ingest_ns=np.concatenate([b.ingest_ns for b in batches]),
+            transaction_ids=[x for b in batches for x in b.transaction_ids],
+            user_ids=[x for b in batches for x in b.user_ids],
+            amounts=np.concatenate([b.amounts for b in batches]),
+            timestamps=np.concatenate([b.timestamps for b in batches]),
+            merchants=[x for b in batches for x in b.merchants],
+            labels=np.concatenate([b.labels for b in batches]),
+        )
+
+
+@dataclass(frozen=True)
+class ScoredBatch:
+    """What one batch produced, in input order."""
+
+    user_ids: list[str]
+    lines: list[bytes]
+    latencies_ms: np.ndarray
+    probabilities: np.ndarray
+    labels: np.ndarray  # -1 where the event had no label
+    replayed: int
+    expired: int
+    inference_seconds: list[float] = field(default_factory=list)

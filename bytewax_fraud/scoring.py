@@ -17,17 +17,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii as _json_str
 
 import numpy as np
 
-from bytewax_fraud.columns import EventBatch
 from bytewax_fraud.control.deployment import Deployment
 from bytewax_fraud.errors import RecoveryError
 from bytewax_fraud.features import compute_features, merchant_code, push
-from bytewax_fraud.model.runtime import LoadedModel
-from bytewax_fraud.parse import Event
+from bytewax_fraud.inference.runtime import LoadedModel
+from bytewax_fraud.records import Event, EventBatch, ScoredBatch
 from bytewax_fraud.state.base import (
     HIGH_WATER_KEY,
     REPLAY_FLOOR_KEY,
@@ -48,20 +47,6 @@ class _Groups:
     row_of: np.ndarray  # event -> index into users
     wave_of: np.ndarray  # event -> how many earlier events of its user are in the batch
     merchant: np.ndarray  # event -> merchant code
-
-
-@dataclass(frozen=True)
-class ScoredBatch:
-    """What one batch produced, in input order."""
-
-    user_ids: list[str]
-    lines: list[bytes]
-    latencies_ms: np.ndarray
-    probabilities: np.ndarray
-    labels: np.ndarray  # -1 where the event had no label
-    replayed: int
-    expired: int
-    inference_seconds: list[float] = field(default_factory=list)
 
 
 class PartitionScorer:

@@ -15,7 +15,7 @@ from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bytewax_fraud.errors import SettingsError
-from bytewax_fraud.events import MAX_MESSAGE_BYTES
+from bytewax_fraud.records import MAX_MESSAGE_BYTES
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 DEFAULT_MODEL = MODELS_DIR / "fraud_gru.onnx"

@@ -9,7 +9,8 @@ import os
 import sys
 
 from bytewax_fraud.errors import SettingsError
-from bytewax_fraud.flow import build_job
+from bytewax_fraud.job import build_job
+from bytewax_fraud.services import start_services
 from bytewax_fraud.settings import load_settings
 
 
@@ -40,3 +41,4 @@ if settings.recovery_dir is not None and not (
         f" `-r {settings.recovery_dir} -s SECONDS -b SECONDS` to bytewax.run"
     )
 flow = build_job(settings, process_id=_bytewax_process_id()).flow
+start_services(settings)

@@ -20,8 +20,8 @@ import numpy.typing as npt
 import onnxruntime as ort
 
 from bytewax_fraud import features as fx
-from bytewax_fraud.generator import EventChunk, TransactionGenerator, merchant_id
-from bytewax_fraud.metrics import summary
+from bytewax_fraud.connectors.generator import EventChunk, TransactionGenerator, merchant_id
+from models.metrics import summary
 
 MODELS_DIR = Path(__file__).resolve().parent
 GRU_FILE = "fraud_gru.onnx"

@@ -1,7 +1,7 @@
 """Train the GRU and stateless fraud models and write them to `models/` as ONNX.
 
 Run `python -m models.train` (needs torch, the `train` extra). It trains on generator
-seed 1, builds the ONNX graphs from the weights (`bytewax_fraud.model.graphs`), evaluates
+seed 1, builds the ONNX graphs from the weights (`bytewax_fraud.inference.graphs`), evaluates
 them on the held-out seed with `models.evaluate`, and writes `metrics.json` and the model
 card `README.md`.
 """
@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from bytewax_fraud import features as fx
-from bytewax_fraud.generator import TransactionGenerator
-from bytewax_fraud.model import graphs
+from bytewax_fraud.connectors.generator import TransactionGenerator
+from models import graphs
 from models.evaluate import (
     GRU_FILE,
     GRU_SEQ_FILE,

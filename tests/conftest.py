@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from kafka_broker import Broker, tansu_broker, wait_for_metadata
 
-from bytewax_fraud.parse import RawMessage
+from bytewax_fraud.records import RawMessage
 
 DATA = Path(__file__).parent / "data"
 BAD_INPUTS = DATA / "bad_inputs.jsonl"

@@ -7,7 +7,7 @@ restarting it.
 
 from __future__ import annotations
 
-from bytewax_fraud.kafka.local_broker import (
+from bytewax_fraud.tools.local_broker import (
     Broker,
     free_port,
     tansu_binary,

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bytewax_fraud.bench import _topic_rate, main, parse_args
-from bytewax_fraud.kafka.local_broker import BrokerUnavailable, tansu_binary
+from bytewax_fraud.tools.bench import _topic_rate, main, parse_args
+from bytewax_fraud.tools.local_broker import BrokerUnavailable, tansu_binary
 
 
 def broker_available() -> bool:

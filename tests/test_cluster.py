@@ -18,11 +18,11 @@ import pytest
 from kafka_broker import Broker
 from recovery_harness import JobDirs, predictions, run, start
 
-from bytewax_fraud.kafka.admin import admin_client, create_job_topics, create_topic
-from bytewax_fraud.kafka.config import consumer_config, producer_config
-from bytewax_fraud.produce import generated, produce
+from bytewax_fraud.connectors import kafka_connection
+from bytewax_fraud.connectors.kafka.admin import admin_client, create_job_topics, create_topic
 from bytewax_fraud.settings import Settings, load_settings
-from bytewax_fraud.tail import messages
+from bytewax_fraud.tools.produce import generated, produce
+from bytewax_fraud.tools.tail import messages
 
 EVENTS = 20_000
 BASE: dict[str, Any] = {
@@ -103,7 +103,7 @@ def settings_for(broker: Broker, env: dict[str, Any]) -> Settings:
 def kafka_predictions(s: Settings) -> dict[str, str]:
     """Predictions by transaction id, without latency; duplicates must agree."""
     out: dict[str, str] = {}
-    for msg in messages(consumer_config(s), s.topic_predictions, s.partitions):
+    for msg in messages(kafka_connection(s).consumer(s.start), s.topic_predictions, s.partitions):
         d = json.loads(msg.value() or b"")
         d.pop("latency_ms")
         text = json.dumps(d, sort_keys=True)
@@ -132,7 +132,7 @@ def test_two_processes_on_a_kafka_topic_predict_what_one_does(
     for topic in (two.topic_predictions, two.topic_dead_letters):
         create_topic(admin, topic, 4)
     produce(
-        producer_config(one),
+        kafka_connection(one).producer(),
         input_topic,
         4,
         generated(BASE["FRAUD_USERS"], BASE["FRAUD_SEED"], EVENTS),

@@ -11,7 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from bytewax_fraud.errors import ModelContractError
 from bytewax_fraud.features import N_FEATURES
-from bytewax_fraud.model.contract import ModelSignature, check_contract
+from bytewax_fraud.inference.contract import ModelSignature, check_contract
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 

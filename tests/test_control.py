@@ -20,7 +20,7 @@ from recovery_harness import JobDirs, predictions, run, start
 from bytewax_fraud.control.commands import ControlRejected, LoadCommand
 from bytewax_fraud.control.deployment import DEPLOYMENTS_KEY, rollout_bucket
 from bytewax_fraud.control.gate import ModelGate
-from bytewax_fraud.flow import build_dataflow
+from bytewax_fraud.job import build_dataflow
 from bytewax_fraud.settings import load_settings
 from bytewax_fraud.state.manifest import partition_dir
 from bytewax_fraud.state.rocksdb import RocksStore

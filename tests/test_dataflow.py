@@ -10,12 +10,11 @@ from typing import Any
 import pytest
 from bytewax.testing import TestingSource, cluster_main, run_main
 
+from bytewax_fraud.connectors.generator import TransactionGenerator
 from bytewax_fraud.errors import RecoveryError, StateError
-from bytewax_fraud.events import DeadLetter, Prediction
-from bytewax_fraud.flow import build_dataflow
-from bytewax_fraud.generator import TransactionGenerator
-from bytewax_fraud.parse import RawMessage
+from bytewax_fraud.job import build_dataflow
 from bytewax_fraud.partitioning import partition_for
+from bytewax_fraud.records import DeadLetter, Prediction, RawMessage
 from bytewax_fraud.settings import Settings, load_settings
 from bytewax_fraud.state.__main__ import show, stats
 

@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 
 from bytewax_fraud.errors import DeviceError
-from bytewax_fraud.model.runtime import load_model
+from bytewax_fraud.inference.runtime import load_model
 
 GRU = Path(__file__).resolve().parents[1] / "models" / "fraud_gru.onnx"
 

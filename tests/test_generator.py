@@ -8,8 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from bytewax_fraud.events import Transaction
-from bytewax_fraud.generator import (
+from bytewax_fraud.connectors.generator import (
     CHUNK_SECONDS,
     CURRENCIES,
     PATTERNS,
@@ -18,6 +17,7 @@ from bytewax_fraud.generator import (
     user_id,
 )
 from bytewax_fraud.partitioning import murmur2, murmur2_many, partition_for
+from bytewax_fraud.records import Transaction
 
 
 def _equal(a: object, b: object) -> None:

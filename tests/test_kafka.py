@@ -17,24 +17,20 @@ from bytewax.testing import TestingSource, cluster_main, run_main
 from confluent_kafka import Producer
 from kafka_broker import Broker
 
-from bytewax_fraud.flow import build_dataflow
-from bytewax_fraud.kafka import KafkaSetupError
-from bytewax_fraud.kafka.admin import admin_client, create_job_topics, create_topic
-from bytewax_fraud.kafka.config import (
-    MASK,
-    consumer_config,
-    masked,
-    producer_config,
-    read_properties_file,
-)
-from bytewax_fraud.kafka.sinks import headers_dict
-from bytewax_fraud.parse import RawMessage, parse_message
+from bytewax_fraud.connectors import kafka_connection
+from bytewax_fraud.connectors.kafka import KafkaSetupError
+from bytewax_fraud.connectors.kafka.admin import admin_client, create_job_topics, create_topic
+from bytewax_fraud.connectors.kafka.config import MASK, masked, read_properties_file
+from bytewax_fraud.connectors.kafka.sinks import headers_dict
+from bytewax_fraud.job import build_dataflow
+from bytewax_fraud.parse import parse_message
 from bytewax_fraud.partitioning import partition_for
-from bytewax_fraud.produce import generated, produce
+from bytewax_fraud.records import RawMessage
 from bytewax_fraud.settings import Settings, load_settings
 from bytewax_fraud.state.__main__ import show
 from bytewax_fraud.status import STATS
-from bytewax_fraud.tail import messages
+from bytewax_fraud.tools.produce import generated, produce
+from bytewax_fraud.tools.tail import messages
 
 PARTITIONS = 4
 EVENTS = 20_000
@@ -80,7 +76,7 @@ def create_topics(s: Settings, input_topic: bool = True) -> None:
 
 
 def read_topic(s: Settings, topic: str) -> list[Any]:
-    return list(messages(consumer_config(s), topic, s.partitions))
+    return list(messages(kafka_connection(s).consumer(s.start), topic, s.partitions))
 
 
 def predictions_of(s: Settings) -> list[dict[str, Any]]:
@@ -112,7 +108,7 @@ def clean_run(
         tmp_path_factory.mktemp("clean"), kafka_broker.bootstrap_servers, unique("clean")
     )
     create_topics(s)
-    produce(producer_config(s), s.topic_transactions, PARTITIONS, events())
+    produce(kafka_connection(s).producer(), s.topic_transactions, PARTITIONS, events())
     t0 = time.monotonic()
     run_main(build_dataflow(s))
     took = time.monotonic() - t0
@@ -224,7 +220,7 @@ def test_poison_messages_land_in_the_dead_letter_topic_with_original_bytes(
     # Non-UTF-8 keys: the dead letter must keep the key bytes, not a decoded string.
     bad = [(b"\xff\xfe" + f"bad-{i}".encode(), c["value"]) for i, c in enumerate(cases)]
     msgs = list(itertools.chain.from_iterable(zip(good, bad, strict=False))) + good[len(bad) :]
-    positions = _produce_with_positions(producer_config(s), s.topic_transactions, msgs)
+    positions = _produce_with_positions(kafka_connection(s).producer(), s.topic_transactions, msgs)
     origin = {msgs.index(b): positions[msgs.index(b)] for b in bad}
 
     run_main(build_dataflow(s))
@@ -264,7 +260,7 @@ def test_broker_outage_loses_nothing_and_duplicates_nothing(
         tmp_path, kafka_broker.bootstrap_servers, unique("outage"), kafka_properties=props
     )
     create_topics(s)
-    produce(producer_config(s), s.topic_transactions, PARTITIONS, events())
+    produce(kafka_connection(s).producer(), s.topic_transactions, PARTITIONS, events())
 
     start = STATS.scored
     paused: list[float] = []
@@ -343,7 +339,7 @@ def test_properties_file_json_overrides_and_secrets_are_masked(tmp_path: Path) -
         kafka_config_file=f,
         kafka_properties={"linger.ms": 50, "sasl.oauthbearer.client.secret": "s3"},
     )
-    cfg = producer_config(s)
+    cfg = kafka_connection(s).producer()
     assert cfg["bootstrap.servers"] == "b1:9092,b2:9092"
     assert cfg["security.protocol"] == "SASL_SSL"
     assert cfg["linger.ms"] == 50  # JSON overrides the file
@@ -352,7 +348,10 @@ def test_properties_file_json_overrides_and_secrets_are_masked(tmp_path: Path) -
     shown = masked(cfg)
     assert shown["sasl.password"] == MASK and shown["sasl.oauthbearer.client.secret"] == MASK
     assert "hunter2" not in repr(s) and "s3" not in repr(s)
-    assert consumer_config(s)["max.partition.fetch.bytes"] >= s.kafka_max_message_bytes
+    assert (
+        kafka_connection(s).consumer(s.start)["max.partition.fetch.bytes"]
+        >= s.kafka_max_message_bytes
+    )
 
 
 def test_bootstrap_servers_from_either_variable(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -369,14 +368,14 @@ def test_invalid_properties_never_reveal_secrets(tmp_path: Path) -> None:
         kafka_properties={"no.such.property": "x", "sasl.password": "hunter2"},
     )
     with pytest.raises(KafkaSetupError) as err:
-        admin_client(producer_config(s))
+        admin_client(kafka_connection(s).producer())
     assert "hunter2" not in str(err.value)
     assert MASK in str(err.value)
 
 
 def test_dead_letter_value_b64_round_trip() -> None:
     # The key kept for Kafka is the original bytes, even when they are not UTF-8.
-    from bytewax_fraud.kafka.sinks import dead_letter_message
+    from bytewax_fraud.connectors.kafka.sinks import dead_letter_message
 
     raw = RawMessage(b"nope", b"\xff\x00k", "t", 1, 7, 1.5, 0)
     dead = parse_message(raw)
@@ -387,14 +386,14 @@ def test_dead_letter_value_b64_round_trip() -> None:
 
 
 def test_undelivered_messages_are_counted_and_stop_the_sink() -> None:
-    from bytewax_fraud.kafka.errors import KafkaDeliveryError
-    from bytewax_fraud.kafka.sinks import KafkaDeadLetterSink
+    from bytewax_fraud.connectors.kafka.errors import KafkaDeliveryError
+    from bytewax_fraud.connectors.kafka.sinks import KafkaDeadLetterSink
 
     s = load_settings(
         kafka_bootstrap_servers="127.0.0.1:1",  # nothing listens there
         kafka_properties={"message.timeout.ms": 300, "log_level": 0},
     )
-    part = KafkaDeadLetterSink("dead", producer_config(s)).build("out", 0, 1)
+    part = KafkaDeadLetterSink("dead", kafka_connection(s).producer()).build("out", 0, 1)
     dead = parse_message(RawMessage(b"nope", None, "t", 0, 0, None, 0))
     before = STATS.delivery_failures
     with pytest.raises(KafkaDeliveryError, match="1 message.*not delivered"):
@@ -428,8 +427,8 @@ def test_control_topic_commands_apply_and_rejections_are_dead_letters(
         (None, b'{"command": "load", "model_id": "ctl", "path": "fraud_stateless.onnx"}'),
         (None, b'{"command": "load", "model_id": "bad", "path": "nope.onnx"}'),
     ]
-    produce(producer_config(s), s.topic_control, 1, commands)
-    produce(producer_config(s), s.topic_transactions, PARTITIONS, events(2_000))
+    produce(kafka_connection(s).producer(), s.topic_control, 1, commands)
+    produce(kafka_connection(s).producer(), s.topic_transactions, PARTITIONS, events(2_000))
     run_main(build_dataflow(s))
     preds = predictions_of(s)
     assert len(preds) == 2_000

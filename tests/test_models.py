@@ -11,9 +11,9 @@ import onnxruntime as ort
 import pytest
 
 from bytewax_fraud.features import N_FEATURES
-from bytewax_fraud.metrics import average_precision, recall_at_fpr, roc_auc
-from bytewax_fraud.model import graphs
+from models import graphs
 from models.evaluate import EvalConfig, evaluate
+from models.metrics import average_precision, recall_at_fpr, roc_auc
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 METRICS = json.loads((MODELS / "metrics.json").read_text())

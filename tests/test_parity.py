@@ -6,10 +6,11 @@ import json
 
 import numpy as np
 
+from bytewax_fraud.connectors.generator import TransactionGenerator
 from bytewax_fraud.features import N_FEATURES
-from bytewax_fraud.generator import TransactionGenerator
-from bytewax_fraud.model.runtime import load_model
-from bytewax_fraud.parse import Event, RawMessage, parse_message
+from bytewax_fraud.inference.runtime import load_model
+from bytewax_fraud.parse import parse_message
+from bytewax_fraud.records import Event, RawMessage
 from bytewax_fraud.scoring import PartitionScorer
 from bytewax_fraud.state.rocksdb import RocksStore
 from models.evaluate import GRU_FILE, GRU_SEQ_FILE, MODELS_DIR, featurize, score_gru_sequence

@@ -17,14 +17,15 @@ from typing import Any
 
 import pytest
 
-from bytewax_fraud.events import MAX_ID_LENGTH, MAX_MESSAGE_BYTES, DeadLetter, Transaction
-from bytewax_fraud.parse import (
-    MAX_REASON_CHARS,
+from bytewax_fraud.parse import MAX_REASON_CHARS, parse_message, split
+from bytewax_fraud.records import (
+    MAX_ID_LENGTH,
+    MAX_MESSAGE_BYTES,
+    DeadLetter,
     Event,
     RawMessage,
+    Transaction,
     dead_letter_json,
-    parse_message,
-    split,
 )
 
 BAD_INPUTS = Path(__file__).parent / "data" / "bad_inputs.jsonl"

@@ -15,10 +15,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from bytewax_fraud.columns import NO_LABEL, EventBatch
-from bytewax_fraud.events import DeadLetter
-from bytewax_fraud.generator import TransactionGenerator
-from bytewax_fraud.parse import Event, RawBatch, RawMessage, parse_batch, parse_message
+from bytewax_fraud.connectors.generator import TransactionGenerator
+from bytewax_fraud.parse import parse_batch, parse_message
+from bytewax_fraud.records import NO_LABEL, DeadLetter, Event, EventBatch, RawBatch, RawMessage
 
 _VALID: dict[str, Any] = {
     "transaction_id": "t-1",

@@ -22,11 +22,11 @@ import pytest
 from kafka_broker import Broker
 from recovery_harness import JobDirs, live_records, run, run_with_kills
 
-from bytewax_fraud.kafka.admin import admin_client, create_job_topics, create_topic
-from bytewax_fraud.kafka.config import producer_config
-from bytewax_fraud.produce import generated, produce
+from bytewax_fraud.connectors import kafka_connection
+from bytewax_fraud.connectors.kafka.admin import admin_client, create_job_topics, create_topic
 from bytewax_fraud.settings import load_settings
-from bytewax_fraud.tail import messages
+from bytewax_fraud.tools.produce import generated, produce
+from bytewax_fraud.tools.tail import messages
 
 EVENTS = 200_000
 USERS = 20_000
@@ -122,7 +122,7 @@ def topics(kafka_broker: Broker) -> Topics:
         MAX_MESSAGE_BYTES,
     )
     # The job's own producer settings: Kafka's default murmur2 partitioner, acks=all.
-    config = producer_config(load_settings(kafka_bootstrap_servers=t.bootstrap))
+    config = kafka_connection(load_settings(kafka_bootstrap_servers=t.bootstrap)).producer()
     check = produce(config, t.transactions, PARTITIONS, generated(USERS, SEED, EVENTS))
     assert check.delivered == EVENTS and check.misplaced == 0
     return t

@@ -10,11 +10,11 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from bytewax_fraud.events import Transaction
+from bytewax_fraud.connectors.generator import TransactionGenerator
 from bytewax_fraud.features import N_FEATURES, compute_features, merchant_code
-from bytewax_fraud.generator import TransactionGenerator
-from bytewax_fraud.model.runtime import LoadedModel, load_model
-from bytewax_fraud.parse import Event, RawMessage, parse_message
+from bytewax_fraud.inference.runtime import LoadedModel, load_model
+from bytewax_fraud.parse import parse_message
+from bytewax_fraud.records import Event, RawMessage, Transaction
 from bytewax_fraud.scoring import PartitionScorer
 from bytewax_fraud.state.base import user_key
 from bytewax_fraud.state.codec import decode, decode_one

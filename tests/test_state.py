@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from bytewax_fraud.errors import StateError
+from bytewax_fraud.inference.runtime import model_tag
 from bytewax_fraud.state.base import StateStore, outbox_key, user_key
-from bytewax_fraud.state.codec import UserStates, decode, decode_one, encode, model_tag
+from bytewax_fraud.state.codec import UserStates, decode, decode_one, encode
 from bytewax_fraud.state.manifest import ensure_manifest
 from bytewax_fraud.state.memory import MemoryStore
 from bytewax_fraud.state.rocksdb import RocksStore

@@ -20,11 +20,12 @@ from bytewax.testing import TestingSource, run_main
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from bytewax_fraud.connectors.generator import TransactionGenerator
 from bytewax_fraud.errors import SettingsError
-from bytewax_fraud.flow import build_dataflow
-from bytewax_fraud.generator import TransactionGenerator
-from bytewax_fraud.parse import RawMessage
+from bytewax_fraud.job import build_dataflow
 from bytewax_fraud.partitioning import partition_for
+from bytewax_fraud.records import RawMessage
+from bytewax_fraud.services import start_services
 from bytewax_fraud.settings import load_settings
 from bytewax_fraud.status import STATS, RunStats
 from bytewax_fraud.telemetry import StatsCollector, start_exporter
@@ -156,7 +157,8 @@ def test_scraped_metrics_match_the_run(tmp_path: Path, bad_corpus: list[dict[str
         metrics_port=port,
     )
     msgs, _, idle_partition = _messages(300, bad_corpus)
-    flow = build_dataflow(s, source=TestingSource(msgs, batch_size=64))  # starts the exporter
+    flow = build_dataflow(s, source=TestingSource(msgs, batch_size=64))
+    start_services(s)  # what the entry points do: the exporter among them
     before = scrape(port)
     run_main(flow)
     after = scrape(port)

@@ -2,23 +2,30 @@
 
 The embedded default reads the built-in generator and writes JSON Lines files
 (or stdout). With `KAFKA_BOOTSTRAP_SERVERS` set, the input topic is read and
-both outputs go to Kafka topics (see `bytewax_fraud.kafka`). Each `output_*`
-function attaches its own formatting step, because files take blobs of lines
-while a message broker takes one message per item.
+both outputs go to Kafka topics (`connectors/kafka/`, docs/kafka.md). This is
+the only module of the package that reads `Settings`: every connector gets just
+the values it needs.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-import bytewax.operators as op
-from bytewax.dataflow import Stream
 from bytewax.inputs import FixedPartitionedSource, Source
 from bytewax.outputs import Sink
 
-from bytewax_fraud import kafka
+from bytewax_fraud.connectors.files import JsonLinesSink, StdoutSink
+from bytewax_fraud.connectors.generator_source import GeneratorSource
+from bytewax_fraud.connectors.kafka import (
+    KafkaConnection,
+    KafkaDeadLetterSink,
+    KafkaPredictionSink,
+    KafkaTransactionSource,
+)
+from bytewax_fraud.connectors.kafka.admin import admin_client, check_topics, partition_count
 from bytewax_fraud.control.commands import ControlMessage
 from bytewax_fraud.control.reader import (
     ControlReader,
@@ -27,17 +34,20 @@ from bytewax_fraud.control.reader import (
     kafka_reader,
     null_reader,
 )
-from bytewax_fraud.events import DeadLetter
-from bytewax_fraud.kafka.admin import admin_client, partition_count
-from bytewax_fraud.kafka.config import admin_config, consumer_config
-from bytewax_fraud.parse import RawBatch, dead_letter_json
-from bytewax_fraud.scoring import ScoredBatch
+from bytewax_fraud.records import RawBatch
 from bytewax_fraud.settings import Settings
-from bytewax_fraud.sinks import JsonLinesSink, StdoutSink
-from bytewax_fraud.source import GeneratorSource
-from bytewax_fraud.status import STATS
 
 log = logging.getLogger(__name__)
+
+
+def kafka_connection(s: Settings) -> KafkaConnection:
+    """How this run's Kafka clients reach the brokers."""
+    return KafkaConnection(
+        bootstrap_servers=s.kafka_bootstrap_servers,
+        properties=s.kafka_properties,
+        config_file=s.kafka_config_file,
+        max_message_bytes=s.kafka_max_message_bytes,
+    )
 
 
 def make_source(s: Settings) -> Source[RawBatch | ControlMessage]:
@@ -45,10 +55,29 @@ def make_source(s: Settings) -> Source[RawBatch | ControlMessage]:
 
     For Kafka the topics are checked first, so a missing topic or a wrong
     partition count fails at start.
+
+    Raises:
+        KafkaSetupError: The brokers are unreachable, a topic is missing, or the
+            input topic's partition count is not FRAUD_PARTITIONS.
     """
     inner: FixedPartitionedSource[RawBatch, Any]
     if s.kafka_bootstrap_servers:
-        inner = kafka.kafka_source(s)
+        conn = kafka_connection(s)
+        check_topics(
+            admin_client(conn.admin()),
+            s.partitions,
+            s.topic_transactions,
+            [s.topic_predictions, s.topic_dead_letters],
+        )
+        inner = KafkaTransactionSource(
+            s.topic_transactions,
+            s.partitions,
+            conn.consumer(s.start),
+            start=s.start,
+            stop_at_end=s.kafka_stop_at_end,
+            batch_size=s.batch_max,
+            batch_timeout_s=s.batch_timeout_ms / 1000.0,
+        )
     else:
         inner = GeneratorSource(
             users=s.users,
@@ -74,59 +103,47 @@ def control_reader(s: Settings) -> Callable[[dict[str, Any] | None], ControlRead
     if s.control_file is not None:
         return file_reader(s.control_file)
     if s.kafka_bootstrap_servers:
-        admin = admin_client(admin_config(s))
-        if partition_count(admin, s.topic_control) is None:
+        conn = kafka_connection(s)
+        if partition_count(admin_client(conn.admin()), s.topic_control) is None:
             log.warning(
                 "control topic %r does not exist: no model control (create it with 1 partition)",
                 s.topic_control,
             )
             return null_reader
-        return kafka_reader(consumer_config(s), s.topic_control)
+        return kafka_reader(conn.consumer(s.start), s.topic_control)
     return null_reader
 
 
-def _prediction_blob(item: tuple[str, ScoredBatch]) -> tuple[str, bytes]:
-    return ("predictions", b"\n".join(item[1].lines) + b"\n")
+@dataclass(frozen=True)
+class Outputs:
+    """Where predictions and dead letters go.
+
+    Attributes:
+        predictions: The predictions' sink.
+        dead_letters: The dead letters' sink.
+        as_lines: Whether the sinks take `(name, JSON lines)` blobs (files, stdout,
+            custom sinks) rather than the records themselves (Kafka: one message
+            per record, with its key and headers).
+    """
+
+    predictions: Sink[Any]
+    dead_letters: Sink[Any]
+    as_lines: bool
 
 
-def _dead_letter_line(dead: DeadLetter) -> tuple[str, bytes]:
-    STATS.record_dead_letters([dead.error_class])
-    return ("dead_letters", dead_letter_json(dead) + b"\n")
-
-
-def output_predictions(
-    scored: Stream[tuple[str, ScoredBatch]],
-    s: Settings,
-    fresh: bool,
-    sink: Sink[Any] | None = None,
-) -> None:
-    """Write every scored batch's prediction lines."""
-    if sink is None and s.kafka_bootstrap_servers:
-        # One message per prediction, keyed by user id (the sink splits the batches).
-        op.output("predictions_out", scored, kafka.prediction_sink(s))
-        return
-    if sink is None:
-        if s.outputs == "stdout":
-            sink = StdoutSink()
-        else:
-            sink = JsonLinesSink(s.output_dir / "predictions.jsonl", fresh)
-    op.output("predictions_out", op.map("format_predictions", scored, _prediction_blob), sink)
-
-
-def output_dead_letters(
-    dead: Stream[DeadLetter],
-    s: Settings,
-    fresh: bool,
-    sink: Sink[Any] | None = None,
-) -> None:
-    """Write every dead letter, counting them by error class."""
-    if sink is None and s.kafka_bootstrap_servers:
-        # Original key and value bytes, Kafka Connect DLQ headers; the sink counts them.
-        op.output("dead_letters_out", dead, kafka.dead_letter_sink(s))
-        return
-    if sink is None:
-        if s.outputs == "stdout":
-            sink = StdoutSink()
-        else:
-            sink = JsonLinesSink(s.output_dir / "dead_letters.jsonl", fresh)
-    op.output("dead_letters_out", op.map("format_dead_letters", dead, _dead_letter_line), sink)
+def make_outputs(s: Settings, fresh: bool) -> Outputs:
+    """The sinks of this run; a fresh run truncates the files, a resumed one keeps them."""
+    if s.kafka_bootstrap_servers:
+        producer = kafka_connection(s).producer()
+        return Outputs(
+            KafkaPredictionSink(s.topic_predictions, producer),
+            KafkaDeadLetterSink(s.topic_dead_letters, producer),
+            as_lines=False,
+        )
+    if s.outputs == "stdout":
+        return Outputs(StdoutSink(), StdoutSink(), as_lines=True)
+    return Outputs(
+        JsonLinesSink(s.output_dir / "predictions.jsonl", fresh),
+        JsonLinesSink(s.output_dir / "dead_letters.jsonl", fresh),
+        as_lines=True,
+    )

@@ -17,10 +17,10 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
-from bytewax_fraud.batching import DeadlineBatcher
-from bytewax_fraud.generator import TransactionGenerator
-from bytewax_fraud.parse import RawBatch
+from bytewax_fraud.connectors.batching import DeadlineBatcher
+from bytewax_fraud.connectors.generator import TransactionGenerator
 from bytewax_fraud.partitioning import partition_of_routing_key, routing_key
+from bytewax_fraud.records import RawBatch
 
 
 def partition_quota(total: int | None, partitions: int, partition: int) -> int | None:

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from bytewax_fraud.model.runtime import LoadedModel
+from bytewax_fraud.inference.runtime import LoadedModel
 
 
 class LoadCommand(BaseModel):

@@ -24,8 +24,8 @@ from bytewax_fraud.control.commands import (
     LoadCommand,
     RollbackCommand,
 )
-from bytewax_fraud.events import DeadLetter, Origin
-from bytewax_fraud.model.runtime import LoadedModel
+from bytewax_fraud.inference.runtime import LoadedModel
+from bytewax_fraud.records import DeadLetter, Origin
 
 MAX_STACK = 20
 MAX_SWITCHES = 1000
@@ -136,19 +136,28 @@ class DeploymentLog:
         return cls(stack, int(raw["applied_seq"]), list(raw["switches"]))
 
 
-def control_dead_letter(
+def report_rejection(
+    partition: int,
     seq: int,
     command: LoadCommand | RollbackCommand | bytes,
     rej: ControlRejected,
     source: str = "control",
-) -> DeadLetter:
-    """The dead letter reporting a rejected control command."""
+) -> list[DeadLetter]:
+    """The dead letter reporting a rejected control command, from partition 0's copy only.
+
+    Every partition receives every command (and rejects it alike), so the
+    rejection is reported once, by partition 0.
+    """
+    if partition != 0:
+        return []
     raw = command if isinstance(command, bytes) else command.model_dump_json().encode()
-    return DeadLetter(
-        stage="control",
-        error_class=rej.error_class,
-        reason=rej.reason[:500],
-        origin=Origin(source=source, partition=0, offset=seq),
-        key=None,
-        value_b64=base64.b64encode(raw).decode(),
-    )
+    return [
+        DeadLetter(
+            stage="control",
+            error_class=rej.error_class,
+            reason=rej.reason[:500],
+            origin=Origin(source=source, partition=0, offset=seq),
+            key=None,
+            value_b64=base64.b64encode(raw).decode(),
+        )
+    ]

@@ -1,12 +1,7 @@
-"""Admit a model named by a load command: path, hash, format, contract, warm-up.
-
-The file is read once; the hash, the contract check and the session all use
-those same bytes, so the file cannot change between the check and the load.
-"""
+"""Admit a model named by a load command: path, size, then the loader (hash, contract, warm-up)."""
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,9 +13,9 @@ from bytewax_fraud.control.commands import (
     LoadCommand,
     parse_command,
 )
-from bytewax_fraud.errors import ModelContractError
-from bytewax_fraud.features import N_FEATURES
-from bytewax_fraud.model.runtime import LoadedModel, load_model_bytes
+from bytewax_fraud.errors import ModelChangedError, ModelContractError
+from bytewax_fraud.inference.loader import ModelLoader
+from bytewax_fraud.inference.runtime import LoadedModel
 
 MAX_MODEL_BYTES = 2 * 1024**3
 
@@ -30,9 +25,7 @@ class ModelGate:
     """Checks load commands against the allowed model directory and the contract."""
 
     model_dir: Path
-    device: str = "cpu"
-    threads: int = 1
-    warmup_batch: int = 256
+    loader: ModelLoader = ModelLoader()
 
     def resolve(self, path: str) -> Path:
         """The real file a command names, refused if it lies outside `model_dir`.
@@ -60,24 +53,14 @@ class ModelGate:
         real = self.resolve(cmd.path)
         if real.stat().st_size > MAX_MODEL_BYTES:
             raise ControlRejected("ModelTooLarge", f"{cmd.path} is larger than 2 GiB")
-        data = real.read_bytes()
-        sha = hashlib.sha256(data).hexdigest()
-        if cmd.sha256 is not None and sha != cmd.sha256.lower():
+        try:
+            return self.loader.load(real, model_id=cmd.model_id, sha256=cmd.sha256)
+        except ModelChangedError as exc:
             raise ControlRejected(
                 "Sha256Mismatch",
-                f"{cmd.path} has sha256 {sha}, the command says {cmd.sha256}: the file is not the"
-                " one the command was written for",
-            )
-        try:
-            return load_model_bytes(
-                data,
-                model_id=cmd.model_id,
-                device=self.device,
-                threads=self.threads,
-                expected_features=N_FEATURES,
-                warmup_batch=self.warmup_batch,
-                source=str(real),
-            )
+                f"{cmd.path} has sha256 {exc.actual_sha256}, the command says {cmd.sha256}: the"
+                " file is not the one the command was written for",
+            ) from None
         except ModelContractError as exc:
             text = str(exc)
             kind = "ExternalData" if "external data" in text else "ContractMismatch"

@@ -58,11 +58,6 @@ def record_dtype(window: int, hidden: int) -> np.dtype:
     return np.dtype(fields)
 
 
-def model_tag(sha256_hex: str) -> int:
-    """The 64-bit tag of a model: the first 8 bytes of its sha256."""
-    return int(sha256_hex[:16], 16)
-
-
 @dataclass
 class UserStates:
     """The state of B users as columns (mutable numpy arrays: the hot path updates in place)."""

@@ -10,7 +10,7 @@ One run measures, on the same generated workload:
    `FRAUD_BATCH_MAX=1`;
 3. the external-call baseline: the same model behind a local HTTP endpoint,
    called once per event by a client that keeps the user state
-   (`bytewax_fraud.bench_http`);
+   (`bytewax_fraud.tools.bench_http`);
 4. the same 1-worker job through Kafka end to end (`kafka-1w`): the same
    number of generated events is produced to a fresh input topic (timed on its
    own), then the job reads it with `KAFKA_BOOTSTRAP_SERVERS` and
@@ -40,7 +40,7 @@ emission to prediction built, as above; the input is a backlog, so the time an
 event waited in the topic is not in it), except those of the first
 `--warmup-s` seconds by timestamp.
 
-Run with `python -m bytewax_fraud.bench` (`--quick` for a smoke run, `--help`).
+Run with `python -m bytewax_fraud.tools.bench` (`--quick` for a smoke run, `--help`).
 """
 
 from __future__ import annotations
@@ -67,14 +67,14 @@ from typing import Any
 
 import numpy as np
 
+from bytewax_fraud.connectors import kafka_connection
+from bytewax_fraud.connectors.kafka.admin import admin_client, create_job_topics
 from bytewax_fraud.errors import FraudError
-from bytewax_fraud.kafka.admin import admin_client, create_job_topics
-from bytewax_fraud.kafka.config import admin_config, consumer_config, producer_config
-from bytewax_fraud.kafka.local_broker import BOOTSTRAP_ENV, Broker, BrokerUnavailable, any_broker
-from bytewax_fraud.produce import generated, produce
 from bytewax_fraud.settings import DEFAULT_MODEL, Settings, load_settings
 from bytewax_fraud.state.manifest import ensure_manifest
-from bytewax_fraud.tail import messages
+from bytewax_fraud.tools.local_broker import BOOTSTRAP_ENV, Broker, BrokerUnavailable, any_broker
+from bytewax_fraud.tools.produce import generated, produce
+from bytewax_fraud.tools.tail import messages
 
 ROOT = Path(__file__).resolve().parent.parent
 WINDOW = int(Settings.model_fields["window"].default)
@@ -324,12 +324,12 @@ def run_kafka(cfg: BenchConfig, name: str, workdir: Path, broker: Broker, *, eve
     prefix = f"fraud-bench-{uuid.uuid4().hex[:8]}"
     t_in, t_pred, t_dl = (f"{prefix}-{t}" for t in ("transactions", "predictions", "dead-letters"))
     s = load_settings(kafka_bootstrap_servers=broker.bootstrap_servers, partitions=cfg.partitions)
-    admin = admin_client(admin_config(s))
+    admin = admin_client(kafka_connection(s).admin())
     create_job_topics(admin, cfg.partitions, t_in, t_pred, t_dl, s.kafka_max_message_bytes)
     # Generated first, so that the producing rate is the client's and the broker's alone.
     msgs = list(generated(cfg.users, cfg.seed, events))
     t0 = time.monotonic()
-    produce(producer_config(s), t_in, cfg.partitions, msgs)
+    produce(kafka_connection(s).producer(), t_in, cfg.partitions, msgs)
     produce_s = time.monotonic() - t0
     del msgs
 
@@ -368,7 +368,7 @@ def run_kafka(cfg: BenchConfig, name: str, workdir: Path, broker: Broker, *, eve
 
     ts_ms: list[int] = []
     lat_ms: list[float] = []
-    for msg in messages(consumer_config(s), t_pred, cfg.partitions):
+    for msg in messages(kafka_connection(s).consumer(s.start), t_pred, cfg.partitions):
         m = _LATENCY.search(msg.value() or b"")
         if m is None:
             raise BenchError(f"{name}: a prediction on {t_pred!r} has no latency_ms")
@@ -428,7 +428,7 @@ def run_http(cfg: BenchConfig, name: str, workdir: Path, *, requests: int, rate:
     """Run the model server and the stateful client as subprocesses and measure them."""
     d = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=workdir))
     env = _base_env()
-    mod = [sys.executable, "-m", "bytewax_fraud.bench_http"]
+    mod = [sys.executable, "-m", "bytewax_fraud.tools.bench_http"]
     server_log = open(d / "server.txt", "wb")  # noqa: SIM115 - closed below
     server = subprocess.Popen(
         [*mod, "serve", "--model", str(cfg.model), "--device", cfg.device],
@@ -724,7 +724,7 @@ def parse_args(argv: list[str] | None) -> tuple[BenchConfig, argparse.Namespace]
     """The benchmark configuration from the command line."""
     d = BenchConfig()
     ap = argparse.ArgumentParser(
-        prog="python -m bytewax_fraud.bench", description=__doc__.split("\n\n")[0]
+        prog="python -m bytewax_fraud.tools.bench", description=__doc__.split("\n\n")[0]
     )
     ap.add_argument("--events", type=int, help=f"events per embedded run (default {d.events})")
     ap.add_argument("--users", type=int, help=f"generated users (default {d.users})")

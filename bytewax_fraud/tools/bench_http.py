@@ -8,8 +8,8 @@ with each call (JSON), and stores the hidden state that comes back.
 Both ends run as subprocesses of the benchmark so that each one's peak RSS can
 be read from `os.wait4`:
 
-    python -m bytewax_fraud.bench_http serve --model M --device cpu
-    python -m bytewax_fraud.bench_http client --port P --hidden H --events N --out R.json
+    python -m bytewax_fraud.tools.bench_http serve --model M --device cpu
+    python -m bytewax_fraud.tools.bench_http client --port P --hidden H --events N --out R.json
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
-from bytewax_fraud.events import Transaction
+from bytewax_fraud.connectors.generator import TransactionGenerator
 from bytewax_fraud.features import N_FEATURES, compute_features, merchant_code, push
-from bytewax_fraud.generator import TransactionGenerator
-from bytewax_fraud.model.runtime import LoadedModel, load_model
+from bytewax_fraud.inference.runtime import LoadedModel, load_model
+from bytewax_fraud.records import Transaction
 
 WINDOW = 10  # the Settings default, as the dataflow runs in the benchmark
 
@@ -175,7 +175,7 @@ def run_client(
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the server and client subprocesses."""
-    ap = argparse.ArgumentParser(prog="python -m bytewax_fraud.bench_http")
+    ap = argparse.ArgumentParser(prog="python -m bytewax_fraud.tools.bench_http")
     sub = ap.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("serve", help="serve the model on a free local port")
     s.add_argument("--model", type=Path, required=True)

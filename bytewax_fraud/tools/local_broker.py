@@ -21,7 +21,7 @@ from pathlib import Path
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
-from bytewax_fraud.kafka.errors import KafkaSetupError
+from bytewax_fraud.connectors.kafka.errors import KafkaSetupError
 
 #: Where an external broker is named; when set, no tansu is started.
 BOOTSTRAP_ENV = "KAFKA_BOOTSTRAP_SERVERS"

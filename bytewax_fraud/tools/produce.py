@@ -1,6 +1,6 @@
 """Write generated transactions (and optionally bad inputs) to the transactions topic.
 
-    python -m bytewax_fraud.produce --events 100000 --users 10000 --create-topic
+    python -m bytewax_fraud.tools.produce --events 100000 --users 10000 --create-topic
 
 Each event is keyed by its user id and placed by Kafka's default partitioner
 (murmur2), which is how the job expects its input: Kafka partition p holds the
@@ -22,11 +22,11 @@ from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
 
+from bytewax_fraud.connectors import kafka_connection
+from bytewax_fraud.connectors.generator import TransactionGenerator
+from bytewax_fraud.connectors.kafka.admin import admin_client, create_job_topics, partition_count
+from bytewax_fraud.connectors.kafka.errors import KafkaDeliveryError, KafkaSetupError
 from bytewax_fraud.errors import FraudError
-from bytewax_fraud.generator import TransactionGenerator
-from bytewax_fraud.kafka.admin import admin_client, create_job_topics, partition_count
-from bytewax_fraud.kafka.config import admin_config, producer_config
-from bytewax_fraud.kafka.errors import KafkaDeliveryError, KafkaSetupError
 from bytewax_fraud.partitioning import partition_for
 from bytewax_fraud.settings import Settings, load_settings
 
@@ -137,7 +137,7 @@ def produce(
 
 def _parser(defaults: Settings) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m bytewax_fraud.produce",
+        prog="python -m bytewax_fraud.tools.produce",
         description="Write generated transactions (keyed by user id) to Kafka, optionally"
         " interleaved with a corpus of bad inputs. Brokers and client properties come from"
         " KAFKA_BOOTSTRAP_SERVERS, FRAUD_KAFKA_PROPERTIES and FRAUD_KAFKA_CONFIG_FILE.",
@@ -168,14 +168,14 @@ def _parser(defaults: Settings) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of `python -m bytewax_fraud.produce`."""
+    """Entry point of `python -m bytewax_fraud.tools.produce`."""
     try:
         defaults = load_settings()
         args = _parser(defaults).parse_args(argv)
         s = defaults
         if args.bootstrap_servers:
             s = load_settings(kafka_bootstrap_servers=args.bootstrap_servers)
-        admin = admin_client(admin_config(s))
+        admin = admin_client(kafka_connection(s).admin())
         if args.create_topic:
             created = create_job_topics(
                 admin,
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.bad_inputs:
             messages = interleave(messages, bad_inputs(args.bad_inputs), max(args.bad_every, 1))
         t0 = time.monotonic()
-        check = produce(producer_config(s), args.topic, partitions, messages)
+        check = produce(kafka_connection(s).producer(), args.topic, partitions, messages)
         took = time.monotonic() - t0
         print(
             f"wrote {check.delivered:,} messages to {args.topic!r} ({partitions} partitions)"

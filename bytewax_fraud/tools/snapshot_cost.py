@@ -1,4 +1,4 @@
-"""Snapshot cost with a large state: `python -m bytewax_fraud.snapshot_cost --users 1000000`.
+"""Snapshot cost with a large state: `python -m bytewax_fraud.tools.snapshot_cost --users 1000000`.
 
 1. Builds a partitioned RocksDB state of `--users` user records (encoded with the
    job's codec, written in WriteBatches of 10k to the partition stores, placed by
@@ -36,14 +36,12 @@ from typing import Any
 
 import numpy as np
 
-from bytewax_fraud.columns import EventBatch
+from bytewax_fraud.connectors.generator import user_id, user_id_bytes
 from bytewax_fraud.errors import FraudError
-from bytewax_fraud.events import Transaction
-from bytewax_fraud.generator import user_id, user_id_bytes
-from bytewax_fraud.model.runtime import LoadedModel, load_model
-from bytewax_fraud.operator import PartitionBatch, PartitionConfig, PartitionLogic
-from bytewax_fraud.parse import Event
+from bytewax_fraud.inference.runtime import LoadedModel, load_model
+from bytewax_fraud.partition_logic import PartitionBatch, PartitionConfig, PartitionLogic
 from bytewax_fraud.partitioning import murmur2_many
+from bytewax_fraud.records import Event, EventBatch, Transaction
 from bytewax_fraud.settings import DEFAULT_MODEL
 from bytewax_fraud.state.base import HIGH_WATER_KEY, outbox_key
 from bytewax_fraud.state.base import user_key as store_key
@@ -382,7 +380,7 @@ def format_report(r: dict[str, Any]) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m bytewax_fraud.snapshot_cost",
+        prog="python -m bytewax_fraud.tools.snapshot_cost",
         description="Measure the snapshot cost (WAL sync, outbox pruning, key estimate) and the"
         " resume cost with a large partitioned RocksDB state.",
     )
@@ -469,7 +467,7 @@ def measure(args: argparse.Namespace, workdir: Path, log: Any = print) -> dict[s
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of `python -m bytewax_fraud.snapshot_cost`."""
+    """Entry point of `python -m bytewax_fraud.tools.snapshot_cost`."""
     args = parse_args(argv)
     workdir = args.dir or Path(tempfile.mkdtemp(prefix="snapshot-cost-"))
     workdir.mkdir(parents=True, exist_ok=True)

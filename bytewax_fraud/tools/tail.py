@@ -1,7 +1,7 @@
 """Print the messages of the predictions or dead-letter topic.
 
-    python -m bytewax_fraud.tail --from-beginning --max 10
-    python -m bytewax_fraud.tail --topic dead-letters --from-beginning --stop-at-end
+    python -m bytewax_fraud.tools.tail --from-beginning --max 10
+    python -m bytewax_fraud.tools.tail --topic dead-letters --from-beginning --stop-at-end
 
 Predictions print as their JSON line. Dead letters (messages with Kafka
 Connect's `__connect.errors.*` headers) print as one JSON object with the
@@ -23,11 +23,11 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, TopicPartition
 from confluent_kafka import Message as KafkaMessage
 
+from bytewax_fraud.connectors import kafka_connection
+from bytewax_fraud.connectors.kafka.admin import admin_client, partition_count
+from bytewax_fraud.connectors.kafka.errors import KafkaConsumeError, KafkaSetupError
+from bytewax_fraud.connectors.kafka.sinks import headers_dict
 from bytewax_fraud.errors import FraudError
-from bytewax_fraud.kafka.admin import admin_client, partition_count
-from bytewax_fraud.kafka.config import admin_config, consumer_config
-from bytewax_fraud.kafka.errors import KafkaConsumeError, KafkaSetupError
-from bytewax_fraud.kafka.sinks import headers_dict
 from bytewax_fraud.settings import Settings, load_settings
 
 
@@ -106,7 +106,7 @@ def render(msg: KafkaMessage) -> str:
 
 def _parser(s: Settings) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m bytewax_fraud.tail",
+        prog="python -m bytewax_fraud.tools.tail",
         description="Print predictions (one JSON line each) or dead letters (a JSON object with"
         " the Kafka Connect error headers and the original key and value). Brokers and client"
         " properties come from KAFKA_BOOTSTRAP_SERVERS, FRAUD_KAFKA_PROPERTIES and"
@@ -134,19 +134,23 @@ def _parser(s: Settings) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of `python -m bytewax_fraud.tail`."""
+    """Entry point of `python -m bytewax_fraud.tools.tail`."""
     try:
         s = load_settings()
         args = _parser(s).parse_args(argv)
         if args.bootstrap_servers:
             s = load_settings(kafka_bootstrap_servers=args.bootstrap_servers)
         topic = s.topic_dead_letters if args.dead_letters else args.topic
-        partitions = partition_count(admin_client(admin_config(s)), topic)
+        partitions = partition_count(admin_client(kafka_connection(s).admin()), topic)
         if partitions is None:
             raise KafkaSetupError(f"topic {topic!r} does not exist: check --topic")
         out = sys.stdout
         stream = messages(
-            consumer_config(s), topic, partitions, args.from_beginning, args.stop_at_end
+            kafka_connection(s).consumer(s.start),
+            topic,
+            partitions,
+            args.from_beginning,
+            args.stop_at_end,
         )
         for n, msg in enumerate(stream, 1):
             out.write(render(msg) + "\n")

@@ -1,57 +1,26 @@
 """Kafka in and out: the transactions source, the prediction and dead-letter sinks, admin checks.
 
-Used when `KAFKA_BOOTSTRAP_SERVERS` is set (see `connectors.py` and docs/kafka.md).
+Used when `KAFKA_BOOTSTRAP_SERVERS` is set (the choice is made in `connectors/__init__.py`;
+operators' guide: docs/kafka.md). Every client is configured from one `KafkaConnection`.
 """
 
 from __future__ import annotations
 
-from bytewax_fraud.kafka.admin import admin_client, check_topics
-from bytewax_fraud.kafka.config import admin_config, consumer_config, producer_config
-from bytewax_fraud.kafka.errors import KafkaConsumeError, KafkaDeliveryError, KafkaSetupError
-from bytewax_fraud.kafka.sinks import KafkaDeadLetterSink, KafkaPredictionSink
-from bytewax_fraud.kafka.source import KafkaTransactionSource
-from bytewax_fraud.settings import Settings
+from bytewax_fraud.connectors.kafka.config import KafkaConnection
+from bytewax_fraud.connectors.kafka.errors import (
+    KafkaConsumeError,
+    KafkaDeliveryError,
+    KafkaSetupError,
+)
+from bytewax_fraud.connectors.kafka.sinks import KafkaDeadLetterSink, KafkaPredictionSink
+from bytewax_fraud.connectors.kafka.source import KafkaTransactionSource
 
 __all__ = [
+    "KafkaConnection",
     "KafkaConsumeError",
     "KafkaDeadLetterSink",
     "KafkaDeliveryError",
     "KafkaPredictionSink",
     "KafkaSetupError",
     "KafkaTransactionSource",
-    "kafka_source",
 ]
-
-
-def kafka_source(s: Settings) -> KafkaTransactionSource:
-    """The input topic as a source, after checking every topic of the run (fails at start).
-
-    Raises:
-        KafkaSetupError: The brokers are unreachable, a topic is missing, or the
-            input topic's partition count is not FRAUD_PARTITIONS.
-    """
-    check_topics(
-        admin_client(admin_config(s)),
-        s.partitions,
-        s.topic_transactions,
-        [s.topic_predictions, s.topic_dead_letters],
-    )
-    return KafkaTransactionSource(
-        s.topic_transactions,
-        s.partitions,
-        consumer_config(s),
-        start=s.start,
-        stop_at_end=s.kafka_stop_at_end,
-        batch_size=s.batch_max,
-        batch_timeout_s=s.batch_timeout_ms / 1000.0,
-    )
-
-
-def prediction_sink(s: Settings) -> KafkaPredictionSink:
-    """The predictions topic as a sink."""
-    return KafkaPredictionSink(s.topic_predictions, producer_config(s))
-
-
-def dead_letter_sink(s: Settings) -> KafkaDeadLetterSink:
-    """The dead-letter topic as a sink."""
-    return KafkaDeadLetterSink(s.topic_dead_letters, producer_config(s))

@@ -9,8 +9,8 @@ from typing import Any
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic
 
-from bytewax_fraud.kafka.config import masked
-from bytewax_fraud.kafka.errors import KafkaSetupError
+from bytewax_fraud.connectors.kafka.config import masked
+from bytewax_fraud.connectors.kafka.errors import KafkaSetupError
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,8 @@ def check_topics(
         raise KafkaSetupError(
             f"Kafka topic(s) {', '.join(map(repr, missing))} do not exist: create them"
             f" (the input topic {source_topic!r} with {partitions} partitions = FRAUD_PARTITIONS),"
-            " e.g. python -m bytewax_fraud.produce --create-topic, or kafka-topics.sh --create;"
+            " e.g. python -m bytewax_fraud.tools.produce --create-topic, or"
+            " kafka-topics.sh --create;"
             " or point FRAUD_TOPIC_* at existing topics"
         )
     md = topics[source_topic]

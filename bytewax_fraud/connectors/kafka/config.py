@@ -1,20 +1,21 @@
 """librdkafka client properties: defaults, a properties file, JSON overrides; secrets masked.
 
 Precedence, lowest first: this module's defaults for the role (consumer,
-producer, admin), `FRAUD_KAFKA_CONFIG_FILE` (Java `.properties` format),
-`FRAUD_KAFKA_PROPERTIES` (a JSON object), and `KAFKA_BOOTSTRAP_SERVERS`. Any
-librdkafka property passes through unchanged, SASL and SSL ones included.
+producer, admin), a properties file (`FRAUD_KAFKA_CONFIG_FILE`, Java `.properties`
+format), JSON overrides (`FRAUD_KAFKA_PROPERTIES`), and the bootstrap servers
+(`KAFKA_BOOTSTRAP_SERVERS`). Any librdkafka property passes through unchanged,
+SASL and SSL ones included.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bytewax_fraud.kafka.errors import KafkaSetupError
-from bytewax_fraud.settings import Settings
+from bytewax_fraud.connectors.kafka.errors import KafkaSetupError
 
 #: Keys holding credentials: never printed, logged or put in an error message.
 _SECRET_KEY = re.compile(r"password|secret|sasl\.oauthbearer|sasl\.jaas|ssl\.key\.pem", re.I)
@@ -72,61 +73,78 @@ def read_properties_file(path: Path) -> dict[str, str]:
     return props
 
 
-def user_properties(s: Settings) -> dict[str, Any]:
-    """The properties the operator configured: the file, then the JSON overrides."""
-    props: dict[str, Any] = {}
-    if s.kafka_config_file is not None:
-        props.update(read_properties_file(s.kafka_config_file))
-    props.update(s.kafka_properties)
-    if s.kafka_bootstrap_servers:
-        props["bootstrap.servers"] = s.kafka_bootstrap_servers
-    if not props.get("bootstrap.servers"):
-        raise KafkaSetupError(
-            "no Kafka brokers configured: set KAFKA_BOOTSTRAP_SERVERS (host:port,...)"
-        )
-    return props
+@dataclass(frozen=True)
+class KafkaConnection:
+    """How to reach the brokers: every client of a run is configured from this.
 
-
-def admin_config(s: Settings) -> dict[str, Any]:
-    """Properties of an admin client (metadata checks, topic creation)."""
-    return user_properties(s)
-
-
-def consumer_config(s: Settings) -> dict[str, Any]:
-    """Properties of a source partition's consumer.
-
-    Offsets are kept by Bytewax's recovery, never committed to Kafka; a message
-    as large as `FRAUD_KAFKA_MAX_MESSAGE_BYTES` is fetched (and then dead-lettered
-    if it exceeds `FRAUD_MAX_MESSAGE_BYTES`).
+    Attributes:
+        bootstrap_servers: `host:port,...` (overrides the file and the properties).
+        properties: librdkafka properties (FRAUD_KAFKA_PROPERTIES).
+        config_file: A `.properties` file read before `properties` (FRAUD_KAFKA_CONFIG_FILE).
+        max_message_bytes: Largest message read or written (FRAUD_KAFKA_MAX_MESSAGE_BYTES).
     """
-    limit = s.kafka_max_message_bytes
-    fetch_max = max(_FETCH_MAX_BYTES, limit)
-    config: dict[str, Any] = {
-        "group.id": "bytewax-fraud",  # required by librdkafka; partitions are assigned, not joined
-        "enable.auto.commit": False,
-        "enable.auto.offset.store": False,
-        "auto.offset.reset": s.start,
-        "max.partition.fetch.bytes": limit,
-        "fetch.max.bytes": fetch_max,
-        "receive.message.max.bytes": fetch_max + 1_048_576,
-    }
-    config.update(user_properties(s))
-    return config
 
+    bootstrap_servers: str | None = None
+    properties: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    config_file: Path | None = None
+    max_message_bytes: int = 8 * 1024 * 1024
 
-def producer_config(s: Settings) -> dict[str, Any]:
-    """Properties of a sink's producer: durable, idempotent, Kafka's default partitioner.
+    def user_properties(self) -> dict[str, Any]:
+        """The properties the operator configured: the file, then the JSON overrides."""
+        props: dict[str, Any] = {}
+        if self.config_file is not None:
+            props.update(read_properties_file(self.config_file))
+        props.update(self.properties)
+        if self.bootstrap_servers:
+            props["bootstrap.servers"] = self.bootstrap_servers
+        if not props.get("bootstrap.servers"):
+            raise KafkaSetupError(
+                "no Kafka brokers configured: set KAFKA_BOOTSTRAP_SERVERS (host:port,...)"
+            )
+        return props
 
-    `murmur2_random` is the Java client's default partitioner (librdkafka's own
-    default is `consistent_random`, a CRC32 hash), so a key lands in the
-    partition that `partitioning.partition_for` computes.
-    """
-    config: dict[str, Any] = {
-        "acks": "all",
-        "enable.idempotence": True,
-        "partitioner": "murmur2_random",
-        "linger.ms": 5,
-        "message.max.bytes": s.kafka_max_message_bytes + 65_536,  # room for headers
-    }
-    config.update(user_properties(s))
-    return config
+    def admin(self) -> dict[str, Any]:
+        """Properties of an admin client (metadata checks, topic creation)."""
+        return self.user_properties()
+
+    def consumer(self, start: str = "earliest") -> dict[str, Any]:
+        """Properties of a source partition's consumer.
+
+        Offsets are kept by Bytewax's recovery, never committed to Kafka; a message
+        as large as `max_message_bytes` is fetched (and then dead-lettered if it
+        exceeds FRAUD_MAX_MESSAGE_BYTES).
+
+        Args:
+            start: Where a partition without a stored position starts: `earliest`
+                or `latest` (FRAUD_START).
+        """
+        limit = self.max_message_bytes
+        fetch_max = max(_FETCH_MAX_BYTES, limit)
+        config: dict[str, Any] = {
+            "group.id": "bytewax-fraud",  # required by librdkafka; partitions are assigned
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": start,
+            "max.partition.fetch.bytes": limit,
+            "fetch.max.bytes": fetch_max,
+            "receive.message.max.bytes": fetch_max + 1_048_576,
+        }
+        config.update(self.user_properties())
+        return config
+
+    def producer(self) -> dict[str, Any]:
+        """Properties of a sink's producer: durable, idempotent, Kafka's default partitioner.
+
+        `murmur2_random` is the Java client's default partitioner (librdkafka's own
+        default is `consistent_random`, a CRC32 hash), so a key lands in the
+        partition that `partitioning.partition_for` computes.
+        """
+        config: dict[str, Any] = {
+            "acks": "all",
+            "enable.idempotence": True,
+            "partitioner": "murmur2_random",
+            "linger.ms": 5,
+            "message.max.bytes": self.max_message_bytes + 65_536,  # room for headers
+        }
+        config.update(self.user_properties())
+        return config

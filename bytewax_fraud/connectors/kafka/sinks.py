@@ -18,10 +18,9 @@ from typing import Any
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from bytewax_fraud.events import DeadLetter
-from bytewax_fraud.kafka.config import masked
-from bytewax_fraud.kafka.errors import KafkaDeliveryError, KafkaSetupError
-from bytewax_fraud.scoring import ScoredBatch
+from bytewax_fraud.connectors.kafka.config import masked
+from bytewax_fraud.connectors.kafka.errors import KafkaDeliveryError, KafkaSetupError
+from bytewax_fraud.records import DeadLetter, ScoredBatch
 from bytewax_fraud.status import STATS
 
 log = logging.getLogger(__name__)
@@ -133,7 +132,6 @@ class _PredictionPartition(_ProducerPartition, StatelessSinkPartition[tuple[str,
 
 class _DeadLetterPartition(_ProducerPartition, StatelessSinkPartition[DeadLetter]):
     def write_batch(self, items: list[DeadLetter]) -> None:
-        STATS.record_dead_letters([d.error_class for d in items])
         for dead in items:
             self._produce(*dead_letter_message(dead))
         self._flush()

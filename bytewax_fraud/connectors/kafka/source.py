@@ -23,9 +23,9 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, TIMESTAMP_NOT_AVAILABLE, TopicPartition
 from confluent_kafka import KafkaError as ConfluentError
 
-from bytewax_fraud.kafka.errors import KafkaConsumeError
-from bytewax_fraud.parse import RawBatch
+from bytewax_fraud.connectors.kafka.errors import KafkaConsumeError
 from bytewax_fraud.partitioning import partition_of_routing_key, routing_key
+from bytewax_fraud.records import RawBatch
 
 log = logging.getLogger(__name__)
 

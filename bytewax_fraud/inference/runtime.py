@@ -13,13 +13,17 @@ import numpy.typing as npt
 import onnxruntime as ort
 
 from bytewax_fraud.errors import DeviceError
-from bytewax_fraud.model.contract import ModelSignature, check_contract
-from bytewax_fraud.state.codec import model_tag
+from bytewax_fraud.inference.contract import ModelSignature, check_contract
 
 log = logging.getLogger(__name__)
 
 _LOCK = threading.Lock()
 _CACHE: dict[tuple[str, str, str, int], LoadedModel] = {}
+
+
+def model_tag(sha256_hex: str) -> int:
+    """The 64-bit tag of a model: the first 8 bytes of its sha256 (stored with hidden states)."""
+    return int(sha256_hex[:16], 16)
 
 
 @dataclass(frozen=True)
