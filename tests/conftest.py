@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,8 @@ from kafka_broker import Broker, tansu_broker, wait_for_metadata
 
 from bytewax_fraud.records import RawMessage
 
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = ROOT / "models"
 DATA = Path(__file__).parent / "data"
 BAD_INPUTS = DATA / "bad_inputs.jsonl"
 
@@ -127,3 +130,13 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
         return
     with tansu_broker(tmp_path_factory.mktemp("tansu") / "tansu.log") as broker:
         yield broker
+
+
+@pytest.fixture
+def model_dir(tmp_path: Path) -> Path:
+    """A FRAUD_MODEL_DIR holding copies of the shipped GRU (`gru.onnx`) and stateless model."""
+    d = tmp_path / "models"
+    d.mkdir()
+    shutil.copy(MODELS / "fraud_gru.onnx", d / "gru.onnx")
+    shutil.copy(MODELS / "fraud_stateless.onnx", d / "stateless.onnx")
+    return d

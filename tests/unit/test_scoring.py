@@ -20,7 +20,7 @@ from bytewax_fraud.state.base import user_key
 from bytewax_fraud.state.codec import decode, decode_one
 from bytewax_fraud.state.memory import MemoryStore
 
-MODELS = Path(__file__).resolve().parent.parent / "models"
+MODELS = Path(__file__).resolve().parents[2] / "models"
 T0 = 1_767_225_600.0
 DAY = 86400.0
 

@@ -15,7 +15,7 @@ from models import graphs
 from models.evaluate import EvalConfig, evaluate
 from models.metrics import average_precision, recall_at_fpr, roc_auc
 
-MODELS = Path(__file__).resolve().parents[1] / "models"
+MODELS = Path(__file__).resolve().parents[3] / "models"
 METRICS = json.loads((MODELS / "metrics.json").read_text())
 
 

@@ -20,7 +20,7 @@ from bytewax_fraud.state.codec import decode_headers
 from bytewax_fraud.state.manifest import partition_dir
 from bytewax_fraud.state.rocksdb import RocksStore
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass

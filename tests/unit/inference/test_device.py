@@ -13,7 +13,7 @@ import pytest
 from bytewax_fraud.errors import DeviceError
 from bytewax_fraud.inference.runtime import load_model
 
-GRU = Path(__file__).resolve().parents[1] / "models" / "fraud_gru.onnx"
+GRU = Path(__file__).resolve().parents[3] / "models" / "fraud_gru.onnx"
 
 
 def _gpu_usable() -> bool:

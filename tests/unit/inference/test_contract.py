@@ -13,7 +13,7 @@ from bytewax_fraud.errors import ModelContractError
 from bytewax_fraud.features import N_FEATURES
 from bytewax_fraud.inference.contract import ModelSignature, check_contract
 
-MODELS = Path(__file__).resolve().parents[1] / "models"
+MODELS = Path(__file__).resolve().parents[3] / "models"
 
 
 def _model(

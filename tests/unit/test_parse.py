@@ -28,7 +28,7 @@ from bytewax_fraud.records import (
     dead_letter_json,
 )
 
-BAD_INPUTS = Path(__file__).parent / "data" / "bad_inputs.jsonl"
+BAD_INPUTS = Path(__file__).resolve().parents[1] / "data" / "bad_inputs.jsonl"
 
 MakeRaw = Callable[..., RawMessage]
 
