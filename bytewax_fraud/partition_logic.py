@@ -2,7 +2,7 @@
 
 Bytewax keeps every logic object in memory and, on resume, rebuilds all of them
 before the first new item; per-user logics make resume quadratic in the number
-of users (see shared/DESIGN.md). Here a logic owns a whole partition: its
+of users (100k users: 5.5 s, 300k: 47.5 s). Here a logic owns a whole partition: its
 RocksDB store, its scorer and its TTL sweep. Its Bytewax snapshot is a few
 integers; the user state lives in RocksDB, fenced by per-user offsets.
 """

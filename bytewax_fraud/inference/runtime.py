@@ -95,7 +95,7 @@ def _session(data: bytes, device: str, threads: int) -> tuple[ort.InferenceSessi
         return ort.InferenceSession(data, opts, providers=providers_for("cpu")), "cpu"
     raise DeviceError(
         f"FRAUD_DEVICE={device} but ONNX Runtime cannot use a CUDA GPU here (no GPU, or the CUDA"
-        " 12 / cuDNN 9 libraries are missing; see the README's CUDA section). Set FRAUD_DEVICE=cpu,"
+        " 12 / cuDNN 9 libraries are missing; see docs/operations.md, CUDA). Set FRAUD_DEVICE=cpu,"
         " or FRAUD_DEVICE=auto to fall back to the CPU"
     )
 

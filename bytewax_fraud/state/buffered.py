@@ -8,7 +8,7 @@ batches coalesce in memory (a user's record is kept once, however often it
 changed) and reach the store as one atomic write when the buffer is full, and
 before any snapshot, scan or range delete. A flush always happens between two
 batches, so the store always holds the state as of some batch boundary, which
-is all the recovery design needs (see `operator.py`): what a crash loses from
+is all the recovery design needs (see `partition_logic.py`): what a crash loses from
 the buffer is input after the last snapshot, which is replayed and scored again
 (the same scores; only `latency_ms` differs from the first emission, where the
 write-through default reads replayed predictions back from the outbox byte for
