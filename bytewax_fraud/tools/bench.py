@@ -76,7 +76,7 @@ from bytewax_fraud.tools.local_broker import BOOTSTRAP_ENV, Broker, BrokerUnavai
 from bytewax_fraud.tools.produce import generated, produce
 from bytewax_fraud.tools.tail import messages
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 WINDOW = int(Settings.model_fields["window"].default)
 TARGET_P99_MS = 20.0
 _LATENCY = re.compile(rb'"latency_ms":([^,}]+)')

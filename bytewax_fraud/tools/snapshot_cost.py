@@ -287,7 +287,7 @@ def run_job(users: int, events: int, partitions: int, workdir: Path) -> dict[str
     workdir.mkdir(parents=True, exist_ok=True)
     env = {
         **os.environ,
-        "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
         "FRAUD_USERS": str(users),
         "FRAUD_EVENTS": str(events),
         "FRAUD_PARTITIONS": str(partitions),
