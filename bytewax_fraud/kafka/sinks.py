@@ -20,7 +20,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from bytewax_fraud.events import DeadLetter
 from bytewax_fraud.kafka.config import masked
-from bytewax_fraud.kafka.errors import KafkaDeliveryError, KafkaSetupError
+from bytewax_fraud.kafka.errors import KafkaBrokersGone, KafkaDeliveryError, KafkaSetupError
 from bytewax_fraud.scoring import ScoredBatch
 from bytewax_fraud.status import STATS
 
@@ -76,6 +76,7 @@ class _ProducerPartition:
                 " fix FRAUD_KAFKA_PROPERTIES or FRAUD_KAFKA_CONFIG_FILE"
             ) from exc
         self._topic = topic
+        self._timeout_ms = config.get("message.timeout.ms", 300_000)  # librdkafka's default
         self._failed = 0
         self._first_error: KafkaError | None = None
         self._lock = threading.Lock()
@@ -110,6 +111,14 @@ class _ProducerPartition:
         if self._failed:
             err = self._first_error
             n = self._failed
+            if err is not None and err.code() == KafkaError._MSG_TIMED_OUT:
+                raise KafkaBrokersGone(
+                    f"the brokers did not acknowledge {n} message(s) to topic {self._topic!r}"
+                    f" within message.timeout.ms ({self._timeout_ms} ms): they are down or"
+                    " unreachable. Fix: bring the brokers back (check KAFKA_BOOTSTRAP_SERVERS and"
+                    " the network), then restart: the job resumes from its last snapshot and"
+                    " writes them again"
+                )
             raise KafkaDeliveryError(
                 f"{n} message(s) to topic {self._topic!r} were not delivered"
                 f" (first error: {err.str() if err else '?'}). The run stops so that nothing"
@@ -118,6 +127,11 @@ class _ProducerPartition:
             )
 
     def close(self) -> None:
+        if self._failed:
+            # Already raised: Bytewax closes sinks while unwinding that error, and a
+            # second one there aborts the process. A resume writes the messages again.
+            self._producer.flush(1.0)
+            return
         self._flush()
 
 
