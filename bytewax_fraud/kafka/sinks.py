@@ -113,11 +113,11 @@ class _ProducerPartition:
             n = self._failed
             if err is not None and err.code() == KafkaError._MSG_TIMED_OUT:
                 raise KafkaBrokersGone(
-                    f"the brokers did not acknowledge {n} message(s) to topic {self._topic!r}"
-                    f" within message.timeout.ms ({self._timeout_ms} ms): they are down or"
-                    " unreachable. Fix: bring the brokers back (check KAFKA_BOOTSTRAP_SERVERS and"
-                    " the network), then restart: the job resumes from its last snapshot and"
-                    " writes them again"
+                    f"{n} message(s) to topic {self._topic!r} were not delivered: the brokers"
+                    f" did not acknowledge them within message.timeout.ms ({self._timeout_ms} ms),"
+                    " they are down or unreachable. Fix: bring the brokers back (check"
+                    " KAFKA_BOOTSTRAP_SERVERS and the network), then restart: the job resumes"
+                    " from its last snapshot and writes them again"
                 )
             raise KafkaDeliveryError(
                 f"{n} message(s) to topic {self._topic!r} were not delivered"
