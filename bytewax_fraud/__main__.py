@@ -12,7 +12,7 @@ import sys
 
 from bytewax.run import cli_main
 
-from bytewax_fraud.errors import FraudError
+from bytewax_fraud import fatal
 from bytewax_fraud.job import build_job
 from bytewax_fraud.services import start_services
 from bytewax_fraud.settings import load_settings, settings_help
@@ -46,21 +46,23 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if (args.process_id is None) != (args.addresses is None):
         parser.error("-i/--process-id and -a/--addresses go together")
+    fatal.install()
     try:
         settings = load_settings()
         job = build_job(settings, process_id=args.process_id)
         start_services(settings)
-    except FraudError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        cli_main(
+            job.flow,
+            workers_per_process=args.workers,
+            process_id=args.process_id,
+            addresses=args.addresses.split(";") if args.addresses else None,
+            epoch_interval=job.epoch_interval,
+            recovery_config=job.recovery,
+        )
+    except Exception as exc:
+        if not fatal.report(exc):
+            raise  # not a known fatal error: a bug, keep the traceback
         return 2
-    cli_main(
-        job.flow,
-        workers_per_process=args.workers,
-        process_id=args.process_id,
-        addresses=args.addresses.split(";") if args.addresses else None,
-        epoch_interval=job.epoch_interval,
-        recovery_config=job.recovery,
-    )
     return 0
 
 

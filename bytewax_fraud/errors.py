@@ -34,3 +34,15 @@ class StateError(FraudError):
 
 class RecoveryError(StateError):
     """State and recovery data do not match each other."""
+
+
+class StateIOError(StateError):
+    """The state store failed to read or write while running (an I/O error of its volume)."""
+
+
+class StateDiskFull(StateIOError):
+    """The volume holding the state store is full."""
+
+
+class OutputError(FraudError):
+    """An output file cannot be written (a full or failing volume)."""

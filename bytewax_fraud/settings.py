@@ -158,6 +158,13 @@ class Settings(BaseSettings):
     start: Literal["earliest", "latest"] = Field(
         "earliest", description="where a new run starts reading: earliest or latest"
     )
+    on_data_loss: Literal["fail", "skip"] = Field(
+        "fail",
+        description=(
+            "input deleted before it was read (retention): fail (stop, naming the gap) or skip"
+            " (continue at the earliest offset; logged and counted)"
+        ),
+    )
     kafka_stop_at_end: bool = Field(
         False, description="stop once every input partition is read to its end (replays, tests)"
     )

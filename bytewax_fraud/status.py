@@ -78,11 +78,15 @@ class RunStats:
     dead_letters: Counter[str] = field(default_factory=Counter)
     #: Messages a sink could not deliver (the run then fails, and recovery replays them).
     delivery_failures: int = 0
+    #: Input messages deleted before they were read, skipped with FRAUD_ON_DATA_LOSS=skip.
+    input_lost: Counter[int] = field(default_factory=Counter)
     true_pos: int = 0
     false_pos: int = 0
     false_neg: int = 0
     threshold: float = 0.5
     rollout: float = 0.0
+    #: Class of the fatal error that stopped the run (set by `fatal.report`), else None.
+    failed: str | None = None
     batch_sizes: Histogram = field(default_factory=lambda: Histogram(BATCH_BUCKETS))
     inference_seconds: Histogram = field(default_factory=lambda: Histogram(INFERENCE_BUCKETS))
     snapshot_seconds: Histogram = field(default_factory=lambda: Histogram(SNAPSHOT_BUCKETS))
@@ -145,6 +149,11 @@ class RunStats:
         with self.lock:
             self.delivery_failures += n
 
+    def record_input_lost(self, partition: int, n: int) -> None:
+        """Count input messages of `partition` that were gone before they were read."""
+        with self.lock:
+            self.input_lost[partition] += n
+
     def status_line(self) -> str:
         """One line: rate over the last interval, p99 latency, dead letters, model."""
         with self.lock:
@@ -172,6 +181,7 @@ class RunStats:
                 "expired": self.expired,
                 "swept": self.swept,
                 "delivery_failures": self.delivery_failures,
+                "input_lost": sum(self.input_lost.values()),
                 "elapsed_s": round(elapsed, 3),
                 "events_per_s": round(self.scored / elapsed, 1) if elapsed > 0 else 0.0,
                 "p50_ms": _percentile(self.total.hist, 0.50),
@@ -180,6 +190,7 @@ class RunStats:
                 "precision": round(tp / (tp + fp), 4) if tp + fp else None,
                 "recall": round(tp / (tp + fn), 4) if tp + fn else None,
                 "model": self.model,
+                "failed": self.failed,
             }
 
 
@@ -206,16 +217,18 @@ def start_reporter(interval: float, stream: TextIO | None = None) -> None:
 def format_summary(summary: dict[str, object]) -> str:
     """The end-of-run summary as a few readable lines."""
     dl = summary["dead_letters"]
-    if not summary["scored"] and not dl:
+    if not summary["scored"] and not dl and not summary.get("failed"):
         return (
             "[fraud] done: nothing new to score. A bounded run that already finished resumes at"
             " its end; to start over, delete the state and recovery directories (make clean)."
         )
+    verb = "done" if not summary.get("failed") else f"stopped by {summary['failed']}"
     return (
-        f"[fraud] done: scored {summary['scored']:,} events in {summary['elapsed_s']} s"
+        f"[fraud] {verb}: scored {summary['scored']:,} events in {summary['elapsed_s']} s"
         f" ({summary['events_per_s']:,} ev/s); latency p50 {summary['p50_ms']:.2f} ms,"
         f" p99 {summary['p99_ms']:.2f} ms; replayed {summary['replayed']:,};"
         f" dead letters {dl or 0}; expired {summary['expired']:,};"
         f" precision@0.5 {summary['precision']}, recall@0.5 {summary['recall']};"
         f" model {summary['model']}"
+        + (f"; input lost {summary['input_lost']:,}" if summary.get("input_lost") else "")
     )

@@ -82,6 +82,7 @@ class StatsCollector(Collector):
             ]
             keys = dict(s.partition_keys)
             part_expired = dict(s.partition_expired)
+            input_lost = dict(s.input_lost)
 
         events_in = CounterMetricFamily(
             "fraud_events_in", "Input messages handled: scored events plus dead letters"
@@ -125,6 +126,14 @@ class StatsCollector(Collector):
         for p, n in sorted(part_expired.items()):
             ttl.add_metric([str(p)], n)
         yield ttl
+        lost = CounterMetricFamily(
+            "fraud_input_lost_messages",
+            "Input messages deleted before the job read them, skipped (FRAUD_ON_DATA_LOSS=skip)",
+            labels=["partition"],
+        )
+        for p, n in sorted(input_lost.items()):
+            lost.add_metric([str(p)], n)
+        yield lost
         info = InfoMetricFamily("fraud_model", "The active model (id@sha256 prefix)")
         info.add_metric([], {"model": model})
         yield info

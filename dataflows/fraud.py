@@ -8,6 +8,7 @@ snapshot settings. `python -m bytewax_fraud --help` lists every setting.
 import os
 import sys
 
+from bytewax_fraud import fatal
 from bytewax_fraud.errors import SettingsError
 from bytewax_fraud.job import build_job
 from bytewax_fraud.services import start_services
@@ -31,6 +32,7 @@ def _bytewax_process_id() -> int | None:
     return None
 
 
+fatal.install()  # a fatal error ends the run with one line (FRAUD_DEBUG=1: the traceback)
 settings = load_settings()
 if settings.recovery_dir is not None and not (
     {"-r", "--recovery-directory"} & set(sys.argv) or os.environ.get("BYTEWAX_RECOVERY_DIRECTORY")

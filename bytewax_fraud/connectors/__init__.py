@@ -26,6 +26,7 @@ from bytewax_fraud.connectors.kafka import (
     KafkaTransactionSource,
 )
 from bytewax_fraud.connectors.kafka.admin import admin_client, check_topics, partition_count
+from bytewax_fraud.connectors.kafka.continuity import check_topic_identity, topic_id
 from bytewax_fraud.control.commands import ControlMessage
 from bytewax_fraud.control.reader import (
     ControlReader,
@@ -59,22 +60,26 @@ def make_source(s: Settings) -> Source[RawBatch | ControlMessage]:
     Raises:
         KafkaSetupError: The brokers are unreachable, a topic is missing, or the
             input topic's partition count is not FRAUD_PARTITIONS.
+        InputDataLost: The input topic was re-created since the state was written.
     """
     inner: FixedPartitionedSource[RawBatch, Any]
     if s.kafka_bootstrap_servers:
         conn = kafka_connection(s)
+        admin = admin_client(conn.admin())
         check_topics(
-            admin_client(conn.admin()),
-            s.partitions,
-            s.topic_transactions,
-            [s.topic_predictions, s.topic_dead_letters],
+            admin, s.partitions, s.topic_transactions, [s.topic_predictions, s.topic_dead_letters]
         )
+        if s.state_dir.is_dir():
+            check_topic_identity(
+                s.state_dir, s.topic_transactions, topic_id(admin, s.topic_transactions)
+            )
         inner = KafkaTransactionSource(
             s.topic_transactions,
             s.partitions,
             conn.consumer(s.start),
             start=s.start,
             stop_at_end=s.kafka_stop_at_end,
+            on_data_loss=s.on_data_loss,
             batch_size=s.batch_max,
             batch_timeout_s=s.batch_timeout_ms / 1000.0,
         )

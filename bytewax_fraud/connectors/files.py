@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import sys
 from pathlib import Path
@@ -12,6 +14,8 @@ from bytewax.outputs import (
     StatefulSinkPartition,
     StatelessSinkPartition,
 )
+
+from bytewax_fraud.errors import OutputError
 
 
 class JsonLinesSink(FixedPartitionedSink[bytes, int]):
@@ -38,23 +42,40 @@ class JsonLinesSink(FixedPartitionedSink[bytes, int]):
         return _JsonLinesPartition(self.path, resume_state)
 
 
+def _output_error(path: Path, exc: OSError) -> OutputError:
+    what = "the volume is full" if exc.errno == errno.ENOSPC else exc.strerror or str(exc)
+    return OutputError(
+        f"cannot write {path}: {what}. Fix: free space on (or repair) the volume holding"
+        f" FRAUD_OUTPUT_DIR ({path.parent}), then restart: the job resumes from its last"
+        " snapshot and the file is cut back to it"
+    )
+
+
 class _JsonLinesPartition(StatefulSinkPartition[bytes, int]):
     def __init__(self, path: Path, resume_state: int | None) -> None:
+        self._path = path
         self._f = open(path, "ab")  # noqa: SIM115 - lives as long as the partition
         self._f.truncate(resume_state or 0)
         self._f.seek(0, os.SEEK_END)
 
     def write_batch(self, items: list[bytes]) -> None:
-        self._f.write(b"".join(items))
-        self._f.flush()
+        try:
+            self._f.write(b"".join(items))
+            self._f.flush()
+        except OSError as exc:
+            raise _output_error(self._path, exc) from exc
 
     def snapshot(self) -> int:
-        self._f.flush()
-        os.fsync(self._f.fileno())
+        try:
+            self._f.flush()
+            os.fsync(self._f.fileno())
+        except OSError as exc:
+            raise _output_error(self._path, exc) from exc
         return self._f.tell()
 
     def close(self) -> None:
-        self._f.close()
+        with contextlib.suppress(OSError):  # a failed write was already reported
+            self._f.close()
 
 
 class StdoutSink(DynamicSink[bytes]):

@@ -9,7 +9,7 @@ from typing import cast
 
 from rocksdict import DBCompressionType, Options, Rdict, WriteBatch
 
-from bytewax_fraud.errors import StateError
+from bytewax_fraud.errors import StateDiskFull, StateError, StateIOError
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,28 @@ class RocksOptions:
         return opts
 
 
+def io_error(path: Path, doing: str, exc: Exception) -> StateIOError:
+    """A named error for a RocksDB failure while running (rocksdict raises plain `Exception`).
+
+    RocksDB stops accepting writes after a failed one ("Writer has previous
+    error"), so the job must stop; what the last snapshot covers is durable, and
+    a restart resumes from there once the volume is fixed.
+    """
+    text = " ".join(str(exc).split())
+    state_dir = path.parent
+    if "no space left" in text.lower() or "quota exceeded" in text.lower():
+        return StateDiskFull(
+            f"the state store {path} cannot {doing}: the volume is full ({text}). Fix: free"
+            f" space on the volume holding FRAUD_STATE_DIR ({state_dir}), then restart: the job"
+            " resumes from its last snapshot"
+        )
+    return StateIOError(
+        f"the state store {path} cannot {doing}: {text}. Fix: check the volume holding"
+        f" FRAUD_STATE_DIR ({state_dir}) (kernel log, free space, permissions), then restart:"
+        " the job resumes from its last snapshot"
+    )
+
+
 class RocksStore:
     """A `StateStore` on one RocksDB database."""
 
@@ -53,7 +75,10 @@ class RocksStore:
     def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
         if not keys:
             return []
-        return cast(list[bytes | None], self._db[list(keys)])
+        try:
+            return cast(list[bytes | None], self._db[list(keys)])
+        except Exception as exc:
+            raise io_error(self.path, "be read", exc) from exc
 
     def write(
         self, keys: Sequence[bytes], values: Sequence[bytes], deletes: Sequence[bytes] = ()
@@ -63,10 +88,16 @@ class RocksStore:
             wb.put(k, v)
         for k in deletes:
             wb.delete(k)
-        self._db.write(wb)
+        try:
+            self._db.write(wb)
+        except Exception as exc:
+            raise io_error(self.path, "be written", exc) from exc
 
     def delete_range(self, begin: bytes, end: bytes) -> None:
-        self._db.delete_range(begin, end)
+        try:
+            self._db.delete_range(begin, end)
+        except Exception as exc:
+            raise io_error(self.path, "be written", exc) from exc
 
     def scan(self, start: bytes, end: bytes, limit: int) -> list[tuple[bytes, bytes]]:
         it = self._db.iter()
@@ -81,7 +112,10 @@ class RocksStore:
         return out
 
     def sync(self) -> None:
-        self._db.flush_wal(True)
+        try:
+            self._db.flush_wal(True)
+        except Exception as exc:
+            raise io_error(self.path, "sync its write-ahead log", exc) from exc
 
     def estimate_keys(self) -> int:
         return int(self._db.property_int_value("rocksdb.estimate-num-keys") or 0)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from bytewax_fraud.connectors.kafka.config import KafkaConnection
 from bytewax_fraud.connectors.kafka.errors import (
+    InputDataLost,
     KafkaConsumeError,
     KafkaDeliveryError,
     KafkaSetupError,
@@ -16,6 +17,7 @@ from bytewax_fraud.connectors.kafka.sinks import KafkaDeadLetterSink, KafkaPredi
 from bytewax_fraud.connectors.kafka.source import KafkaTransactionSource
 
 __all__ = [
+    "InputDataLost",
     "KafkaConnection",
     "KafkaConsumeError",
     "KafkaDeadLetterSink",

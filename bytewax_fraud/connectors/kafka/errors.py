@@ -15,3 +15,11 @@ class KafkaDeliveryError(FraudError):
 
 class KafkaConsumeError(FraudError):
     """Reading a topic failed with an error that retrying will not fix."""
+
+
+class InputDataLost(KafkaConsumeError):
+    """Input the job had not read is gone (retention, a re-created or truncated topic)."""
+
+
+class KafkaBrokersGone(KafkaDeliveryError):
+    """The brokers did not acknowledge messages within librdkafka's delivery timeout."""

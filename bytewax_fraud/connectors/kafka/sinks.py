@@ -19,7 +19,11 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from bytewax_fraud.connectors.kafka.config import masked
-from bytewax_fraud.connectors.kafka.errors import KafkaDeliveryError, KafkaSetupError
+from bytewax_fraud.connectors.kafka.errors import (
+    KafkaBrokersGone,
+    KafkaDeliveryError,
+    KafkaSetupError,
+)
 from bytewax_fraud.records import DeadLetter, ScoredBatch
 from bytewax_fraud.status import STATS
 
@@ -75,6 +79,7 @@ class _ProducerPartition:
                 " fix FRAUD_KAFKA_PROPERTIES or FRAUD_KAFKA_CONFIG_FILE"
             ) from exc
         self._topic = topic
+        self._timeout_ms = config.get("message.timeout.ms", 300_000)  # librdkafka's default
         self._failed = 0
         self._first_error: KafkaError | None = None
         self._lock = threading.Lock()
@@ -109,6 +114,14 @@ class _ProducerPartition:
         if self._failed:
             err = self._first_error
             n = self._failed
+            if err is not None and err.code() == KafkaError._MSG_TIMED_OUT:
+                raise KafkaBrokersGone(
+                    f"{n} message(s) to topic {self._topic!r} were not delivered: the brokers"
+                    f" did not acknowledge them within message.timeout.ms ({self._timeout_ms} ms),"
+                    " they are down or unreachable. Fix: bring the brokers back (check"
+                    " KAFKA_BOOTSTRAP_SERVERS and the network), then restart: the job resumes"
+                    " from its last snapshot and writes them again"
+                )
             raise KafkaDeliveryError(
                 f"{n} message(s) to topic {self._topic!r} were not delivered"
                 f" (first error: {err.str() if err else '?'}). The run stops so that nothing"
@@ -117,6 +130,11 @@ class _ProducerPartition:
             )
 
     def close(self) -> None:
+        if self._failed:
+            # Already raised: Bytewax closes sinks while unwinding that error, and a
+            # second one there aborts the process. A resume writes the messages again.
+            self._producer.flush(1.0)
+            return
         self._flush()
 
 

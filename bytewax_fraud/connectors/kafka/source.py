@@ -20,12 +20,20 @@ from typing import Any, cast
 import numpy as np
 from bytewax.connectors.kafka import _KafkaSourcePartition
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, TIMESTAMP_NOT_AVAILABLE, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    TIMESTAMP_NOT_AVAILABLE,
+    KafkaException,
+    TopicPartition,
+)
 from confluent_kafka import KafkaError as ConfluentError
 
+from bytewax_fraud.connectors.kafka.continuity import OnDataLoss, resume_offset
 from bytewax_fraud.connectors.kafka.errors import KafkaConsumeError
 from bytewax_fraud.partitioning import partition_of_routing_key, routing_key
 from bytewax_fraud.records import RawBatch
+from bytewax_fraud.status import STATS
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +49,11 @@ _FATAL = frozenset(
         ConfluentError.SASL_AUTHENTICATION_FAILED,
         ConfluentError._AUTHENTICATION,
         ConfluentError._SSL,
-        ConfluentError.OFFSET_OUT_OF_RANGE,
     }
 )
+
+#: The broker no longer has the offset being read (see `continuity.py`).
+_OUT_OF_RANGE = frozenset({ConfluentError._AUTO_OFFSET_RESET, ConfluentError.OFFSET_OUT_OF_RANGE})
 
 
 class KafkaTransactionSource(FixedPartitionedSource[RawBatch, int]):
@@ -59,9 +69,11 @@ class KafkaTransactionSource(FixedPartitionedSource[RawBatch, int]):
         stop_at_end: bool = False,
         batch_size: int = 1024,
         batch_timeout_s: float = 0.02,
+        on_data_loss: OnDataLoss = "fail",
     ) -> None:
         """Read `topic`; the caller has checked that it has `partitions` partitions."""
         self.topic = topic
+        self.on_data_loss = on_data_loss
         self.partitions = partitions
         self._config = consumer_config
         self._start = OFFSET_BEGINNING if start == "earliest" else OFFSET_END
@@ -75,7 +87,13 @@ class KafkaTransactionSource(FixedPartitionedSource[RawBatch, int]):
     def build_part(
         self, step_id: str, for_part: str, resume_state: int | None
     ) -> StatefulSourcePartition[RawBatch, int]:
-        config = {**self._config, "enable.partition.eof": self._stop_at_end}
+        # Never let librdkafka jump over lost input by itself: an offset that is gone
+        # becomes an error event, handled by `continuity.resume_offset`.
+        config = {
+            **self._config,
+            "enable.partition.eof": self._stop_at_end,
+            "auto.offset.reset": "error",
+        }
         reader = KafkaPartitionReader(
             step_id,
             config,
@@ -85,6 +103,7 @@ class KafkaTransactionSource(FixedPartitionedSource[RawBatch, int]):
             resume_state,
             self._batch_size,
             self._timeout,
+            self.on_data_loss,
         )
         # Bytewax's reader is typed for its own message class; this one emits RawBatch.
         return cast(StatefulSourcePartition[RawBatch, int], reader)
@@ -103,12 +122,16 @@ class KafkaPartitionReader(_KafkaSourcePartition):
         resume_state: int | None,
         batch_size: int,
         timeout_s: float,
+        on_data_loss: OnDataLoss = "fail",
     ) -> None:
         super().__init__(
             step_id, config, topic, partition, starting_offset, resume_state, batch_size, True
         )
         self._timeout = timeout_s
         self._errors_logged = 0
+        self._on_data_loss = on_data_loss
+        if resume_state is not None and resume_state >= 0:
+            self._check_position(trust_end=False)
 
     def next_batch(self) -> list[RawBatch]:  # type: ignore[override]
         if self._eof:
@@ -143,6 +166,9 @@ class KafkaPartitionReader(_KafkaSourcePartition):
             # Emit this batch; StopIteration comes on the next call.
             self._eof = True
             return
+        if code in _OUT_OF_RANGE:
+            self._check_position(trust_end=True)
+            return
         if err.fatal() or code in _FATAL:
             raise KafkaConsumeError(
                 f"cannot read {self._topic!r} partition {self._part_idx}: {err.str()}."
@@ -154,6 +180,48 @@ class KafkaPartitionReader(_KafkaSourcePartition):
             log.warning(
                 "reading %r partition %d: %s (retrying)", self._topic, self._part_idx, err.str()
             )
+
+    def _check_position(self, trust_end: bool) -> None:
+        """Make sure the next offset still exists; skip a gap only if FRAUD_ON_DATA_LOSS=skip.
+
+        At open, only the earliest offset is compared: some brokers (tansu) report a
+        high watermark that lags the true end. After the broker said "out of range",
+        the end is compared too.
+        """
+        tp = TopicPartition(self._topic, self._part_idx)
+        try:
+            low, high = self._consumer.get_watermark_offsets(tp, timeout=15.0)
+        except KafkaException as exc:
+            if trust_end:
+                raise KafkaConsumeError(
+                    f"{self._topic!r} partition {self._part_idx}: offset {self._offset} is out of"
+                    f" range and the broker cannot say why ({exc.args[0]}). Check the topic and"
+                    " the brokers, then restart"
+                ) from exc
+            log.warning(
+                "%r partition %d: cannot check resume offset %d (%s)",
+                self._topic,
+                self._part_idx,
+                self._offset,
+                exc.args[0],
+            )
+            return
+        offset, gap = resume_offset(
+            self._topic,
+            self._part_idx,
+            self._offset,
+            low,
+            high if trust_end else None,
+            self._on_data_loss,
+        )
+        if gap is not None:
+            log.warning(
+                "%s; continuing at offset %d (FRAUD_ON_DATA_LOSS=skip)", gap.describe(), low
+            )
+            STATS.record_input_lost(self._part_idx, gap.lost)
+        if gap is not None or trust_end:
+            self._offset = offset
+            self._consumer.assign([TopicPartition(self._topic, self._part_idx, offset)])
 
     def _resolve_start(self) -> None:
         """Replace the logical start (beginning/end) by a real offset once it is known.
