@@ -3,6 +3,7 @@
 Unlike `python -m bytewax.run dataflows.fraud`, this applies the FRAUD_*
 recovery settings (FRAUD_RECOVERY_DIR, FRAUD_SNAPSHOT_INTERVAL,
 FRAUD_BACKUP_INTERVAL), creating the recovery partitions when they are missing.
+Both stop gracefully on SIGTERM or SIGINT (see `bytewax_fraud.shutdown`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import sys
 
 from bytewax.run import cli_main
 
+from bytewax_fraud import shutdown
 from bytewax_fraud.errors import FraudError
 from bytewax_fraud.flow import build_job
 from bytewax_fraud.settings import load_settings, settings_help
@@ -51,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     except FraudError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    shutdown.install()
     cli_main(
         job.flow,
         workers_per_process=args.workers,

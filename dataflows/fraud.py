@@ -2,12 +2,14 @@
 
 Run it with `python -m bytewax.run dataflows.fraud` (Bytewax's own flags), or
 with `python -m bytewax_fraud`, which also applies FRAUD_RECOVERY_DIR and the
-snapshot settings. `python -m bytewax_fraud --help` lists every setting.
+snapshot settings. `python -m bytewax_fraud --help` lists every setting. Both stop
+gracefully on SIGTERM or SIGINT (see `bytewax_fraud.shutdown`).
 """
 
 import os
 import sys
 
+from bytewax_fraud import shutdown
 from bytewax_fraud.errors import SettingsError
 from bytewax_fraud.flow import build_job
 from bytewax_fraud.settings import load_settings
@@ -40,3 +42,4 @@ if settings.recovery_dir is not None and not (
         f" `-r {settings.recovery_dir} -s SECONDS -b SECONDS` to bytewax.run"
     )
 flow = build_job(settings, process_id=_bytewax_process_id()).flow
+shutdown.install()  # SIGTERM/SIGINT: end the input, finish, snapshot, exit 0
