@@ -36,11 +36,13 @@ ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 # The dependencies first, in a layer of their own: a code change does not download them again.
 # pyproject.toml declares onnxruntime-gpu; the CPU image swaps in $ONNXRUNTIME (same versions).
-COPY pyproject.toml README.md ./
+COPY pyproject.toml ./
 RUN sed -i "s/\"onnxruntime-gpu\([<>=~!]\)/\"${ONNXRUNTIME}\1/" pyproject.toml \
     && mkdir bytewax_fraud dataflows models \
+    && touch README.md \
     && pip install --no-cache-dir . \
     && pip uninstall --yes --quiet bytewax-fraud
+COPY README.md ./
 COPY bytewax_fraud ./bytewax_fraud
 COPY dataflows ./dataflows
 COPY models ./models
