@@ -10,25 +10,54 @@
 # Both images install the project from pyproject.toml into /opt/venv in a builder stage and
 # copy only that virtual environment into the final stage. They run as the non-root user
 # `fraud` (uid 10001), keep state, recovery snapshots and outputs under /data, serve Prometheus
-# metrics on :9100 and start `python -m bytewax.run dataflows.fraud`.
+# metrics on :9100 and start `python -m bytewax.run dataflows.fraud`. SIGTERM (STOPSIGNAL) or
+# SIGINT stops the job gracefully: it ends the input, snapshots, flushes and exits 0.
+#
+# Build arguments:
+#   BASE         the CPU image's base: any Debian-like image with Python 3.11 or 3.12 and venv
+#                (the test suite builds on a local Debian bookworm base, see docs/container.md)
+#   CUDA_BASE    the CUDA image's base
+#   ONNXRUNTIME  the ONNX Runtime wheel of the CPU image: `onnxruntime` (CPU only, ~300 MB less)
+#                or `onnxruntime-gpu`, the project's declared dependency
+#   PIP_INDEX_URL, PIP_DEFAULT_TIMEOUT  where the builder's pip downloads from, and its timeout
+
+ARG BASE=python:3.11-slim
+ARG CUDA_BASE=nvidia/cuda:13.1.1-cudnn-runtime-ubuntu24.04
 
 # --- CPU: builder ---------------------------------------------------------------------------
-FROM python:3.11-slim AS builder
+FROM ${BASE} AS builder
+ARG ONNXRUNTIME=onnxruntime
+ARG PIP_INDEX_URL=https://pypi.org/simple
+ARG PIP_DEFAULT_TIMEOUT=60
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
-COPY pyproject.toml README.md ./
+# The dependencies first, in a layer of their own: a code change does not download them again.
+# pyproject.toml declares onnxruntime-gpu; the CPU image swaps in $ONNXRUNTIME (same versions).
+COPY pyproject.toml ./
+RUN sed -i "s/\"onnxruntime-gpu\([<>=~!]\)/\"${ONNXRUNTIME}\1/" pyproject.toml \
+    && mkdir bytewax_fraud dataflows models \
+    && touch README.md \
+    && pip install --no-cache-dir . \
+    && pip uninstall --yes --quiet bytewax-fraud
+COPY README.md ./
 COPY bytewax_fraud ./bytewax_fraud
 COPY dataflows ./dataflows
 COPY models ./models
-RUN pip install --no-cache-dir .
+# Then the project itself; and out goes what the job never loads: pip and setuptools, the
+# libraries' test suites and onnx's backend test data.
+RUN pip install --no-cache-dir --no-deps . \
+    && pip check \
+    && find /opt/venv -depth -type d \( -name tests -o -path '*/onnx/backend/test' \) \
+        -exec rm -rf {} + \
+    && python -m pip uninstall --yes --quiet pip setuptools
 
 # --- CUDA: base, builder and final image (docker build --target cuda) ------------------------
 # onnxruntime-gpu 1.31 (a dependency of the project) is built for CUDA 13 and cuDNN 9 and
 # loads them from this base (Ubuntu 24.04, whose Python is 3.12).
-FROM nvidia/cuda:13.1.1-cudnn-runtime-ubuntu24.04 AS cuda-base
+FROM ${CUDA_BASE} AS cuda-base
 ENV DEBIAN_FRONTEND=noninteractive
 # Not pinned (DL3008): Ubuntu keeps only the newest python3.12 in noble-updates, so a pinned
 # version stops building at its next security update; the base image tag is pinned instead.
@@ -60,9 +89,13 @@ COPY --chown=fraud:fraud models /app/models
 WORKDIR /app
 # FRAUD_RECOVERY_DIR and BYTEWAX_RECOVERY_DIRECTORY must name the same directory, and the
 # FRAUD_/BYTEWAX_ snapshot and backup intervals must agree (bytewax.run reads the BYTEWAX_ ones).
+# onnxruntime keeps a telemetry device id under $XDG_CACHE_HOME and a session file in $TMPDIR:
+# both go to the state volume, so the job writes nothing outside its volumes (--read-only works).
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
+    XDG_CACHE_HOME=/data/state/.cache \
+    TMPDIR=/data/state/.cache \
     FRAUD_MODEL=/app/models/fraud_gru.onnx \
     FRAUD_DEVICE=cuda \
     FRAUD_STATE_DIR=/data/state \
@@ -77,12 +110,14 @@ ENV PATH=/opt/venv/bin:$PATH \
 VOLUME ["/data/state", "/data/recovery", "/data/out"]
 EXPOSE 9100
 USER 10001:10001
+# The job stops gracefully on SIGTERM (and SIGINT); deploy/k8s gives it the grace period.
+STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=30s --timeout=5s --start-period=120s \
     CMD ["python", "-c", "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/metrics' % os.environ['FRAUD_METRICS_PORT'], timeout=4)"]
 ENTRYPOINT ["python", "-m", "bytewax.run", "dataflows.fraud"]
 
 # --- CPU: final image (the default target) --------------------------------------------------
-FROM python:3.11-slim AS cpu
+FROM ${BASE} AS cpu
 RUN groupadd --system --gid 10001 fraud \
     && useradd --system --uid 10001 --gid fraud --home-dir /app --no-create-home fraud \
     && mkdir -p /app /data/state /data/recovery /data/out \
@@ -92,9 +127,13 @@ COPY --chown=fraud:fraud models /app/models
 WORKDIR /app
 # FRAUD_RECOVERY_DIR and BYTEWAX_RECOVERY_DIRECTORY must name the same directory, and the
 # FRAUD_/BYTEWAX_ snapshot and backup intervals must agree (bytewax.run reads the BYTEWAX_ ones).
+# onnxruntime keeps a telemetry device id under $XDG_CACHE_HOME and a session file in $TMPDIR:
+# both go to the state volume, so the job writes nothing outside its volumes (--read-only works).
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
+    XDG_CACHE_HOME=/data/state/.cache \
+    TMPDIR=/data/state/.cache \
     FRAUD_MODEL=/app/models/fraud_gru.onnx \
     FRAUD_DEVICE=cpu \
     FRAUD_STATE_DIR=/data/state \
@@ -109,6 +148,8 @@ ENV PATH=/opt/venv/bin:$PATH \
 VOLUME ["/data/state", "/data/recovery", "/data/out"]
 EXPOSE 9100
 USER 10001:10001
+# The job stops gracefully on SIGTERM (and SIGINT); deploy/k8s gives it the grace period.
+STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=30s --timeout=5s --start-period=120s \
     CMD ["python", "-c", "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/metrics' % os.environ['FRAUD_METRICS_PORT'], timeout=4)"]
 ENTRYPOINT ["python", "-m", "bytewax.run", "dataflows.fraud"]

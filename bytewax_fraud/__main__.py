@@ -3,6 +3,7 @@
 Unlike `python -m bytewax.run dataflows.fraud`, this applies the FRAUD_*
 recovery settings (FRAUD_RECOVERY_DIR, FRAUD_SNAPSHOT_INTERVAL,
 FRAUD_BACKUP_INTERVAL), creating the recovery partitions when they are missing.
+Both stop gracefully on SIGTERM or SIGINT (see `bytewax_fraud.shutdown`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import sys
 
 from bytewax.run import cli_main
 
-from bytewax_fraud import fatal
+from bytewax_fraud import fatal, shutdown
 from bytewax_fraud.job import build_job
 from bytewax_fraud.services import start_services
 from bytewax_fraud.settings import load_settings, settings_help
@@ -51,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings()
         job = build_job(settings, process_id=args.process_id)
         start_services(settings)
+        shutdown.install()  # SIGTERM/SIGINT: end the input, finish, snapshot, exit 0
         cli_main(
             job.flow,
             workers_per_process=args.workers,

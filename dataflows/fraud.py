@@ -2,13 +2,14 @@
 
 Run it with `python -m bytewax.run dataflows.fraud` (Bytewax's own flags), or
 with `python -m bytewax_fraud`, which also applies FRAUD_RECOVERY_DIR and the
-snapshot settings. `python -m bytewax_fraud --help` lists every setting.
+snapshot settings. `python -m bytewax_fraud --help` lists every setting. Both stop
+gracefully on SIGTERM or SIGINT (see `bytewax_fraud.shutdown`).
 """
 
 import os
 import sys
 
-from bytewax_fraud import fatal
+from bytewax_fraud import fatal, shutdown
 from bytewax_fraud.errors import SettingsError
 from bytewax_fraud.job import build_job
 from bytewax_fraud.services import start_services
@@ -44,3 +45,4 @@ if settings.recovery_dir is not None and not (
     )
 flow = build_job(settings, process_id=_bytewax_process_id()).flow
 start_services(settings)
+shutdown.install()  # SIGTERM/SIGINT: end the input, finish, snapshot, exit 0

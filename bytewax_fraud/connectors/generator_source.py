@@ -3,7 +3,8 @@
 Each input partition generates only its own users (same hash as the state
 partitions), at an optional offered rate, in batches bounded by size and a
 deadline. Its resume state is the next offset to generate, so a resumed run
-continues the same deterministic stream.
+continues the same deterministic stream. A graceful stop (`shutdown`) ends every
+partition at its next offset, so the next run continues from there.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
+from bytewax_fraud import shutdown
 from bytewax_fraud.connectors.batching import DeadlineBatcher
 from bytewax_fraud.connectors.generator import TransactionGenerator
 from bytewax_fraud.partitioning import partition_of_routing_key, routing_key
@@ -96,6 +98,8 @@ class _GeneratorPartition(StatefulSourcePartition[RawBatch, int]):
 
     def next_batch(self) -> list[RawBatch]:
         if self._empty or (self._quota is not None and self._offset >= self._quota):
+            raise StopIteration()
+        if shutdown.requested():  # the snapshot stays the next offset: a resume continues
             raise StopIteration()
         n = self._pending()
         if self._rate > 0:

@@ -125,8 +125,10 @@ class _ControlledPartition(StatefulSourcePartition[Any, dict[str, Any]]):
         ]
 
     def next_batch(self) -> list[Any]:
-        control = list(self._control())
-        return control + list(self._inner.next_batch())
+        # The data first: when it ends (StopIteration), no control record has been polled
+        # and lost; the snapshot still holds the control position to resume from.
+        data = list(self._inner.next_batch())
+        return list(self._control()) + data
 
     def next_awake(self) -> datetime | None:
         inner = self._inner.next_awake()

@@ -29,6 +29,7 @@ from confluent_kafka import (
 )
 from confluent_kafka import KafkaError as ConfluentError
 
+from bytewax_fraud import shutdown
 from bytewax_fraud.connectors.kafka.continuity import OnDataLoss, resume_offset
 from bytewax_fraud.connectors.kafka.errors import KafkaConsumeError
 from bytewax_fraud.partitioning import partition_of_routing_key, routing_key
@@ -135,6 +136,11 @@ class KafkaPartitionReader(_KafkaSourcePartition):
 
     def next_batch(self) -> list[RawBatch]:  # type: ignore[override]
         if self._eof:
+            raise StopIteration()
+        if shutdown.requested():
+            # A graceful stop: end here; the snapshot is the next offset to read.
+            if self._offset < 0:
+                self._resolve_start()
             raise StopIteration()
         msgs = self._consumer.consume(self._batch_size, self._timeout)
         now_ns = time.time_ns()
