@@ -174,6 +174,8 @@ class PartitionLogic(StatefulBatchLogic[PartitionBatch, Outbound, dict[str, Any]
             scored.expired,
             scorer.partition,
             scored.inference_seconds,
+            scored.scores,
+            scorer.watermark,
         )
         return [scored]
 
@@ -221,9 +223,9 @@ class PartitionLogic(StatefulBatchLogic[PartitionBatch, Outbound, dict[str, Any]
         self._marks = (self._marks + [scorer.high_water])[-kept:]
         if len(self._marks) == kept:
             scorer.prune_outbox(self._marks[0])
-        STATS.record_snapshot(
-            scorer.partition, time.perf_counter() - started, scorer.store.estimate_keys()
-        )
+        seconds = time.perf_counter() - started
+        disk = None if self._config.state_dir is None else self._disk_bytes(scorer.partition)
+        STATS.record_snapshot(scorer.partition, seconds, scorer.store.estimate_keys(), disk)
         _maybe_kill(self._config.kill_at_snapshot)
         return {
             "partition": scorer.partition,
@@ -232,6 +234,16 @@ class PartitionLogic(StatefulBatchLogic[PartitionBatch, Outbound, dict[str, Any]
             "marks": list(self._marks),
             "cursor": self._cursor,
         }
+
+    def _disk_bytes(self, partition: int) -> int:
+        """Bytes of the partition's store on disk (SST files, WAL, manifest): a few stats."""
+        assert self._config.state_dir is not None
+        total = 0
+        with os.scandir(partition_dir(self._config.state_dir, partition)) as entries:
+            for entry in entries:
+                if entry.is_file(follow_symlinks=False):
+                    total += entry.stat(follow_symlinks=False).st_size
+        return total
 
 
 _snapshots_taken = 0

@@ -383,3 +383,5 @@ class ScoredBatch:
     replayed: int
     expired: int
     inference_seconds: list[float] = field(default_factory=list)
+    #: Probabilities of the events scored now (replays excluded), per model label.
+    scores: dict[str, np.ndarray] = field(default_factory=dict)

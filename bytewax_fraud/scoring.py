@@ -49,6 +49,15 @@ class _Groups:
     merchant: np.ndarray  # event -> merchant code
 
 
+def _merge_scores(parts: list[ScoredBatch]) -> dict[str, np.ndarray]:
+    """Join the per-model probabilities of several batches."""
+    grouped: dict[str, list[np.ndarray]] = {}
+    for part in parts:
+        for label, probs in part.scores.items():
+            grouped.setdefault(label, []).append(probs)
+    return {k: v[0] if len(v) == 1 else np.concatenate(v) for k, v in grouped.items()}
+
+
 class PartitionScorer:
     """Scores the events of one state partition against its store."""
 
@@ -128,6 +137,7 @@ class PartitionScorer:
             replayed=len(replayed),
             expired=expired,
             inference_seconds=infer,
+            scores={model.label: prob[applied] if replayed else prob},
         )
 
     def _groups(self, batch: EventBatch) -> _Groups:
@@ -298,6 +308,7 @@ def _concat(parts: list[ScoredBatch]) -> ScoredBatch:
         replayed=sum(p.replayed for p in parts),
         expired=sum(p.expired for p in parts),
         inference_seconds=[t for p in parts for t in p.inference_seconds],
+        scores=_merge_scores(parts),
     )
 
 
@@ -326,4 +337,5 @@ def _interleave(parts: list[tuple[np.ndarray, ScoredBatch]], n: int) -> ScoredBa
         replayed=sum(p.replayed for _, p in parts),
         expired=sum(p.expired for _, p in parts),
         inference_seconds=[t for _, p in parts for t in p.inference_seconds],
+        scores=_merge_scores([p for _, p in parts]),
     )

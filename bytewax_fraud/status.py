@@ -33,6 +33,23 @@ INFERENCE_BUCKETS: tuple[float, ...] = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 0.01
 SNAPSHOT_BUCKETS: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 1, 3, 10)
 #: End-to-end latency buckets, in seconds.
 LATENCY_BUCKETS: tuple[float, ...] = (1e-3, 2e-3, 5e-3, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5)
+#: Predicted-probability buckets: fine near 0 (most traffic) and around the usual thresholds.
+SCORE_BUCKETS: tuple[float, ...] = (
+    0.001,
+    0.005,
+    0.01,
+    0.02,
+    0.05,
+    0.1,
+    0.2,
+    0.3,
+    0.5,
+    0.7,
+    0.8,
+    0.9,
+    0.95,
+    0.99,
+)
 
 
 @dataclass
@@ -93,6 +110,16 @@ class RunStats:
     latency_seconds: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS))
     partition_keys: dict[int, int] = field(default_factory=dict)
     partition_expired: Counter[int] = field(default_factory=Counter)
+    #: Predicted probabilities of freshly scored events, per model label (id@sha256 prefix).
+    scores: dict[str, Histogram] = field(default_factory=dict)
+    #: Per state partition: largest event time seen (epoch s), the event-time watermark.
+    watermarks: dict[int, float] = field(default_factory=dict)
+    #: Per input partition: (next offset to read, offset one past the last available).
+    inputs: dict[int, tuple[int, int]] = field(default_factory=dict)
+    #: Per state partition: (wall-clock end, duration in s) of its last completed snapshot.
+    last_snapshot: dict[int, tuple[float, float]] = field(default_factory=dict)
+    #: Per state partition: bytes its store takes on disk (measured at each snapshot).
+    partition_bytes: dict[int, int] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
     total: _Window = field(default_factory=_Window)
     interval: _Window = field(default_factory=_Window)
@@ -108,8 +135,14 @@ class RunStats:
         expired: int,
         partition: int = 0,
         inference_seconds: list[float] | None = None,
+        scores: dict[str, np.ndarray] | None = None,
+        watermark: float | None = None,
     ) -> None:
-        """Count a scored batch (replayed events carry NaN latency and are not timed)."""
+        """Count a scored batch (replayed events carry NaN latency and are not timed).
+
+        `scores` holds the probabilities of the freshly scored events per model label;
+        `watermark` is the partition's event-time watermark after the batch.
+        """
         lat = latencies_ms[~np.isnan(latencies_ms)]
         # Same bins as np.histogram(lat, _EDGES), without its per-call overhead.
         bins = np.searchsorted(_EDGES, np.clip(lat, 1.001e-3, 9.99e5), side="right") - 1
@@ -126,6 +159,13 @@ class RunStats:
             self.batch_sizes.observe([len(latencies_ms)])
             self.inference_seconds.observe(inference_seconds or [])
             self.latency_seconds.observe(lat / 1000.0)
+            for label, probs in (scores or {}).items():
+                h_score = self.scores.get(label)
+                if h_score is None:
+                    h_score = self.scores[label] = Histogram(SCORE_BUCKETS)
+                h_score.observe(probs)
+            if watermark is not None:
+                self.watermarks[partition] = watermark
             for w in (self.total, self.interval):
                 w.events += len(latencies_ms)
                 w.hist += h
@@ -133,11 +173,21 @@ class RunStats:
             self.false_pos += int(np.count_nonzero(flagged & labelled & ~fraud))
             self.false_neg += int(np.count_nonzero(~flagged & fraud))
 
-    def record_snapshot(self, partition: int, seconds: float, keys: int) -> None:
-        """Count a partition snapshot and its (estimated) number of stored keys."""
+    def record_snapshot(
+        self, partition: int, seconds: float, keys: int, disk_bytes: int | None = None
+    ) -> None:
+        """Count a completed partition snapshot, its stored keys (estimated) and bytes."""
         with self.lock:
             self.snapshot_seconds.observe([seconds])
             self.partition_keys[partition] = keys
+            self.last_snapshot[partition] = (time.time(), seconds)
+            if disk_bytes is not None:
+                self.partition_bytes[partition] = disk_bytes
+
+    def record_input(self, partition: int, position: int, end: int) -> None:
+        """Note an input partition's read position and the end of what is available to it."""
+        with self.lock:
+            self.inputs[partition] = (position, end)
 
     def record_dead_letters(self, reasons: list[str]) -> None:
         """Count dead letters by error class."""

@@ -11,9 +11,10 @@ registry on another port, 3030).
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -38,12 +39,20 @@ def _histogram(name: str, doc: str, h: Histogram) -> HistogramMetricFamily:
     return HistogramMetricFamily(name, doc, buckets=_buckets(h), sum_value=h.sum)
 
 
+def _per_partition(name: str, doc: str, values: dict[int, float]) -> GaugeMetricFamily:
+    g = GaugeMetricFamily(name, doc, labels=["partition"])
+    for p, v in sorted(values.items()):
+        g.add_metric([str(p)], v)
+    return g
+
+
 class StatsCollector(Collector):
     """Exports one `RunStats` (the process's `STATS` by default) as `fraud_*` metrics."""
 
-    def __init__(self, stats: RunStats = STATS) -> None:
-        """Read from `stats` at every scrape."""
+    def __init__(self, stats: RunStats = STATS, clock: Callable[[], float] = time.time) -> None:
+        """Read from `stats` at every scrape; ages are measured with `clock` (epoch s)."""
         self._stats = stats
+        self._clock = clock
 
     def collect(self) -> Iterator[Metric]:
         """Build every metric family from one consistent copy of the stats."""
@@ -83,6 +92,12 @@ class StatsCollector(Collector):
             keys = dict(s.partition_keys)
             part_expired = dict(s.partition_expired)
             input_lost = dict(s.input_lost)
+            scores = [(label, _buckets(h), h.sum) for label, h in sorted(s.scores.items())]
+            watermarks = dict(s.watermarks)
+            inputs = dict(s.inputs)
+            last_snapshot = dict(s.last_snapshot)
+            disk = dict(s.partition_bytes)
+        now = self._clock()
 
         events_in = CounterMetricFamily(
             "fraud_events_in", "Input messages handled: scored events plus dead letters"
@@ -142,6 +157,60 @@ class StatsCollector(Collector):
         )
         share.add_metric([], rollout)
         yield share
+        yield from _freshness(now, inputs, watermarks, last_snapshot, disk)
+        probability = HistogramMetricFamily(
+            "fraud_predicted_probability",
+            "Predicted fraud probability of freshly scored events (replays excluded), per model",
+            labels=["model"],
+        )
+        for label, b, total in scores:
+            probability.add_metric([label], b, total)
+        yield probability
+
+
+def _freshness(
+    now: float,
+    inputs: dict[int, tuple[int, int]],
+    watermarks: dict[int, float],
+    last_snapshot: dict[int, tuple[float, float]],
+    disk: dict[int, int],
+) -> Iterator[Metric]:
+    """Lag, snapshot freshness and store size, per partition."""
+    yield _per_partition(
+        "fraud_consumer_lag_messages",
+        "Messages available to an input partition but not read yet (high-water mark - position)",
+        {p: max(end - pos, 0) for p, (pos, end) in inputs.items()},
+    )
+    yield _per_partition(
+        "fraud_input_offset",
+        "Next offset an input partition will read",
+        {p: pos for p, (pos, _) in inputs.items()},
+    )
+    yield _per_partition(
+        "fraud_event_time_watermark_timestamp_seconds",
+        "Largest event time a state partition has scored (its event-time watermark), epoch s",
+        watermarks,
+    )
+    yield _per_partition(
+        "fraud_event_time_lag_seconds",
+        "Wall clock minus a state partition's event-time watermark, in seconds",
+        {p: now - w for p, w in watermarks.items()},
+    )
+    yield _per_partition(
+        "fraud_snapshot_age_seconds",
+        "Seconds since a state partition last completed its part of a snapshot",
+        {p: max(now - t, 0.0) for p, (t, _) in last_snapshot.items()},
+    )
+    yield _per_partition(
+        "fraud_snapshot_last_duration_seconds",
+        "Duration of a state partition's last snapshot, in seconds",
+        {p: d for p, (_, d) in last_snapshot.items()},
+    )
+    yield _per_partition(
+        "fraud_state_disk_bytes",
+        "Bytes a state partition's RocksDB store takes on disk (SST, WAL), at its last snapshot",
+        {p: float(b) for p, b in disk.items()},
+    )
 
 
 _lock = threading.Lock()
@@ -164,6 +233,8 @@ def start_exporter(port: int | None, addr: str = "0.0.0.0", stats: RunStats = ST
             return False
         registry = CollectorRegistry(auto_describe=False)
         registry.register(StatsCollector(stats))
+        # process_resident_memory_bytes, process_cpu_seconds_total, ... (from /proc).
+        ProcessCollector(registry=registry)
         try:
             start_http_server(port, addr=addr, registry=registry)
         except OSError as exc:

@@ -23,6 +23,7 @@ from bytewax_fraud.connectors.batching import DeadlineBatcher
 from bytewax_fraud.connectors.generator import TransactionGenerator
 from bytewax_fraud.partitioning import partition_of_routing_key, routing_key
 from bytewax_fraud.records import RawBatch
+from bytewax_fraud.status import STATS
 
 
 def partition_quota(total: int | None, partitions: int, partition: int) -> int | None:
@@ -96,6 +97,13 @@ class _GeneratorPartition(StatefulSourcePartition[RawBatch, int]):
         due = int((self._clock() - self._t0) * self._rate) - (self._offset - self._start)
         return min(left, due)
 
+    def _end(self) -> int:
+        """One past the last event available now: the quota, or what the rate has made due."""
+        if self._rate > 0:
+            due = self._start + int((self._clock() - self._t0) * self._rate)
+            return due if self._quota is None else min(due, self._quota)
+        return self._offset if self._quota is None else self._quota
+
     def next_batch(self) -> list[RawBatch]:
         if self._empty or (self._quota is not None and self._offset >= self._quota):
             raise StopIteration()
@@ -105,10 +113,12 @@ class _GeneratorPartition(StatefulSourcePartition[RawBatch, int]):
         if self._rate > 0:
             n = self._batcher.take(n)
         if n <= 0:
+            STATS.record_input(self._partition, self._offset, self._end())
             return []
         values: list[bytes | None] = list(itertools.islice(self._events, n))
         o = self._offset
         self._offset += len(values)
+        STATS.record_input(self._partition, self._offset, self._end())
         offsets = np.arange(o, self._offset, dtype=np.int64)
         return [RawBatch("generator", self._partition, offsets, values, None, None, time.time_ns())]
 

@@ -131,6 +131,7 @@ class KafkaPartitionReader(_KafkaSourcePartition):
         self._timeout = timeout_s
         self._errors_logged = 0
         self._on_data_loss = on_data_loss
+        self._tp = TopicPartition(topic, partition)
         if resume_state is not None and resume_state >= 0:
             self._check_position(trust_end=False)
 
@@ -161,8 +162,10 @@ class KafkaPartitionReader(_KafkaSourcePartition):
         if not offsets:
             if self._offset < 0:
                 self._resolve_start()
+            self._record_lag()
             return []
         self._offset = offsets[-1] + 1
+        self._record_lag()
         offs = np.asarray(offsets, np.int64)
         return [RawBatch(self._topic, self._part_idx, offs, values, keys, stamps, now_ns)]
 
@@ -228,6 +231,18 @@ class KafkaPartitionReader(_KafkaSourcePartition):
         if gap is not None or trust_end:
             self._offset = offset
             self._consumer.assign([TopicPartition(self._topic, self._part_idx, offset)])
+
+    def _record_lag(self) -> None:
+        """Report position and high-water mark (librdkafka's cached value: no broker call).
+
+        librdkafka updates the cached high-water mark from every fetch response, so
+        it is at most one fetch old; before the first fetch it is unknown (negative).
+        """
+        if self._offset < 0:
+            return
+        _, high = self._consumer.get_watermark_offsets(self._tp, cached=True)
+        if high >= 0:
+            STATS.record_input(self._part_idx, self._offset, max(high, self._offset))
 
     def _resolve_start(self) -> None:
         """Replace the logical start (beginning/end) by a real offset once it is known.
