@@ -324,4 +324,10 @@ def test_prometheus_scrapes_the_job_and_every_query_returns_plausible_series(
         time.sleep(2)
         problems = _problems(prometheus)
     assert not problems, "\n".join(problems)
-    print(f"all checks passed {time.monotonic() - started:.1f} s after Prometheus started")
+    means = prometheus.query("job_model:fraud_predicted_probability:mean15m")
+    shifted = prometheus.query('ALERTS{alertname="FraudModelScoreShift"}')
+    print(
+        f"all checks passed {time.monotonic() - started:.1f} s after Prometheus started;"
+        f" mean score per model {[(m['metric']['model'], m['value'][1]) for m in means]};"
+        f" FraudModelScoreShift pending for {[a['metric']['model'] for a in shifted]}"
+    )
