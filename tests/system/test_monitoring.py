@@ -59,6 +59,16 @@ def test_promtool_accepts_the_rules() -> None:
 
 
 @needs_promtool
+def test_promtool_accepts_the_example_config() -> None:
+    config = RULES.parent / "prometheus.yml"
+    out = subprocess.run(
+        [str(PROMTOOL), "check", "config", str(config)], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "alerts.yml" in out.stdout and "rules found" in out.stdout, out.stdout
+
+
+@needs_promtool
 def test_every_alert_has_a_firing_unit_test_and_they_pass() -> None:
     out = subprocess.run(
         [str(PROMTOOL), "test", "rules", str(RULE_TESTS)],
