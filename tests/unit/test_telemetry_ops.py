@@ -169,6 +169,7 @@ def test_run_metrics_match_the_outputs(tmp_path: Path, model_dir: Path) -> None:
         assert 0.2 * on_disk < exported < 5 * on_disk, (exported, on_disk)
 
 
+@pytest.mark.kafka
 def test_kafka_lag_is_the_brokers_high_water_mark_minus_the_position(
     kafka_broker: Broker,
 ) -> None:
