@@ -28,8 +28,10 @@ from bytewax_fraud.control.commands import ControlItem, ControlMessage, ControlR
 from bytewax_fraud.control.deployment import control_dead_letter
 from bytewax_fraud.control.gate import CommandValidator, ModelGate
 from bytewax_fraud.errors import RecoveryError, StateError
+from bytewax_fraud.event_time import TimePolicy
 from bytewax_fraud.events import DeadLetter
 from bytewax_fraud.features import N_FEATURES
+from bytewax_fraud.misrouting import reject_misrouted
 from bytewax_fraud.model.runtime import LoadedModel, load_model, load_model_bytes
 from bytewax_fraud.operator import PartitionBatch, PartitionConfig, logic_builder
 from bytewax_fraud.parse import RawBatch, RawMessage, parse_batch
@@ -62,12 +64,16 @@ def _control(validator: CommandValidator, item: ControlMessage) -> ControlItem |
 
 
 def _ingest_batch(
-    validator: CommandValidator, max_bytes: int, items: list[RawBatch | RawMessage | ControlMessage]
+    validator: CommandValidator,
+    max_bytes: int,
+    partitions: int,
+    items: list[RawBatch | RawMessage | ControlMessage],
 ) -> list[PartitionBatch | DeadLetter]:
     """Parse source batches into one batch per state partition (in order) and dead letters.
 
     Working on whole batches, as columns, keeps per-event objects off the hot path.
-    Single `RawMessage`s (from a custom source) are parsed as batches of one.
+    Single `RawMessage`s (from a custom source) are parsed as batches of one. Events
+    of users that belong to another partition are dead letters (misrouting.py).
     """
     by_partition: dict[int, list[EventBatch | ControlItem]] = {}
     dead: list[PartitionBatch | DeadLetter] = []
@@ -79,6 +85,9 @@ def _ingest_batch(
             )
             events, rejected = parse_batch(raw, max_bytes)
             dead += rejected
+            if events is not None:
+                events, misrouted = reject_misrouted(events, partitions)
+                dead += misrouted
             if events is not None:
                 by_partition.setdefault(raw.partition, []).append(events)
         else:
@@ -194,6 +203,7 @@ def build_job(
         kept_marks=3 + math.ceil(s.backup_interval / s.snapshot_interval),
         kill_at_snapshot=s.fault_kill_at_snapshot,
         buffer_bytes=int(s.state_buffer_mb * 1024 * 1024),
+        time_policy=TimePolicy(s.max_future_skew, s.allowed_lateness),
     )
     validator = CommandValidator(
         ModelGate(s.model_dir, s.device, s.ort_threads, warmup_batch=s.batch_max)
@@ -201,7 +211,9 @@ def build_job(
     flow = Dataflow("fraud")
     raw = op.input("transactions", flow, source or make_source(s))
     parsed = op.flat_map_batch(
-        "parse", raw, functools.partial(_ingest_batch, validator, s.max_message_bytes)
+        "parse",
+        raw,
+        functools.partial(_ingest_batch, validator, s.max_message_bytes, s.partitions),
     )
     split = op.branch("split_valid", parsed, _is_partition_batch)
     keyed = op.key_on("by_partition", split.trues, _route)

@@ -30,6 +30,7 @@ from bytewax_fraud.control.deployment import (
 )
 from bytewax_fraud.control.deployment import apply as apply_command
 from bytewax_fraud.errors import RecoveryError
+from bytewax_fraud.event_time import CLOCK_KEY, PartitionClock, TimePolicy
 from bytewax_fraud.events import DeadLetter
 from bytewax_fraud.model.runtime import LoadedModel
 from bytewax_fraud.scoring import PartitionScorer, ScoredBatch
@@ -61,6 +62,8 @@ class PartitionConfig:
     kill_at_snapshot: int | None = None  # fault injection for recovery tests
     #: Write-back buffer per partition store, in bytes (0: every batch writes through).
     buffer_bytes: int = 0
+    #: Future skew, allowed lateness and clock rank (see event_time.py).
+    time_policy: TimePolicy = TimePolicy()
 
 
 def open_store(config: PartitionConfig, partition: int, resuming: bool) -> StateStore:
@@ -132,13 +135,17 @@ class PartitionLogic(StatefulBatchLogic[PartitionBatch, Outbound, dict[str, Any]
     def _open(self, partition: int) -> PartitionScorer:
         c = self._config
         store = open_store(c, partition, self._resume is not None)
-        scorer = PartitionScorer(partition, store, c.model, c.window, c.ttl_seconds, c.batch_max)
+        scorer = PartitionScorer(
+            partition, store, c.model, c.window, c.ttl_seconds, c.batch_max, c.time_policy
+        )
         if self._resume is not None:
             scorer.high_water = int(self._resume["high_water"])
-            scorer.watermark = float(self._resume["watermark"])
-        meta, hw = store.get_many([DEPLOYMENTS_KEY, HIGH_WATER_KEY])
+        meta, hw, clock = store.get_many([DEPLOYMENTS_KEY, HIGH_WATER_KEY, CLOCK_KEY])
         if hw is not None:
             scorer.high_water = max(scorer.high_water, int.from_bytes(hw, "big"))
+        # The clock is written with the records and the high-water mark, so it holds
+        # exactly the events below that mark; replayed ones are not admitted again.
+        scorer.clock = PartitionClock.from_bytes(clock, c.time_policy.rank)
         if meta is not None:
             self._log = DeploymentLog.from_bytes(meta, c.restore_model)
             scorer.deployment = self._log.stack[-1]
@@ -163,10 +170,13 @@ class PartitionLogic(StatefulBatchLogic[PartitionBatch, Outbound, dict[str, Any]
         out += self._score(scorer, events)
         return out, StatefulBatchLogic.RETAIN
 
-    def _score(self, scorer: PartitionScorer, events: list[EventBatch]) -> list[ScoredBatch]:
+    def _score(self, scorer: PartitionScorer, events: list[EventBatch]) -> list[Outbound]:
         if not events:
             return []
         scored = scorer.score(EventBatch.concat(events))
+        STATS.record_event_time(scorer.partition, scorer.clock.now, scored.late_accepted)
+        if not scored.lines:
+            return list(scored.dead_letters)
         STATS.record_scored(
             scored.latencies_ms,
             scored.probabilities,
@@ -176,7 +186,7 @@ class PartitionLogic(StatefulBatchLogic[PartitionBatch, Outbound, dict[str, Any]
             scorer.partition,
             scored.inference_seconds,
         )
-        return [scored]
+        return [scored, *scored.dead_letters]
 
     def _control(self, scorer: PartitionScorer, item: ControlItem) -> list[DeadLetter]:
         """Apply a command at this point of the partition's stream (once, even on replay)."""
@@ -230,7 +240,6 @@ class PartitionLogic(StatefulBatchLogic[PartitionBatch, Outbound, dict[str, Any]
         return {
             "partition": scorer.partition,
             "high_water": scorer.high_water,
-            "watermark": scorer.watermark,
             "marks": list(self._marks),
             "cursor": self._cursor,
         }

@@ -89,6 +89,10 @@ class RunStats:
     latency_seconds: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS))
     partition_keys: dict[int, int] = field(default_factory=dict)
     partition_expired: Counter[int] = field(default_factory=Counter)
+    #: Events scored although older than their user's last event (within the lateness).
+    late_accepted: int = 0
+    #: Each partition's event-time clock, epoch s (absent until defined).
+    event_clock: dict[int, float] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
     total: _Window = field(default_factory=_Window)
     interval: _Window = field(default_factory=_Window)
@@ -129,6 +133,25 @@ class RunStats:
             self.false_pos += int(np.count_nonzero(flagged & labelled & ~fraud))
             self.false_neg += int(np.count_nonzero(~flagged & fraud))
 
+    def record_event_time(self, partition: int, clock: float, late_accepted: int) -> None:
+        """A partition's event-time clock after a batch, and its late events scored."""
+        with self.lock:
+            if clock != float("-inf"):
+                self.event_clock[partition] = clock
+            self.late_accepted += late_accepted
+
+    def rejected(self) -> dict[str, int]:
+        """Dead letters of the input checks: too late, too early (far ahead), misrouted.
+
+        The caller holds the lock.
+        """
+        d = self.dead_letters
+        return {
+            "too_late": d["TimestampTooLate"],
+            "too_early": d["TimestampTooFarAhead"],
+            "misrouted": d["WrongPartition"],
+        }
+
     def record_snapshot(self, partition: int, seconds: float, keys: int) -> None:
         """Count a partition snapshot and its (estimated) number of stored keys."""
         with self.lock:
@@ -155,9 +178,12 @@ class RunStats:
             self.interval = _Window()
             self.interval_started = now
             dead = sum(self.dead_letters.values())
+            r = self.rejected()
             return (
                 f"[fraud] {rate:,.0f} ev/s | scored {self.scored:,} | p99 {p99:.1f} ms |"
-                f" dead letters {dead:,} | replayed {self.replayed:,} | model {self.model}"
+                f" dead letters {dead:,} (late {r['too_late']:,}, early {r['too_early']:,},"
+                f" misrouted {r['misrouted']:,}) | late scored {self.late_accepted:,} |"
+                f" replayed {self.replayed:,} | model {self.model}"
             )
 
     def summary(self) -> dict[str, object]:
@@ -169,6 +195,8 @@ class RunStats:
                 "scored": self.scored,
                 "replayed": self.replayed,
                 "dead_letters": dict(self.dead_letters),
+                **self.rejected(),
+                "late_accepted": self.late_accepted,
                 "expired": self.expired,
                 "swept": self.swept,
                 "delivery_failures": self.delivery_failures,
@@ -215,7 +243,9 @@ def format_summary(summary: dict[str, object]) -> str:
         f"[fraud] done: scored {summary['scored']:,} events in {summary['elapsed_s']} s"
         f" ({summary['events_per_s']:,} ev/s); latency p50 {summary['p50_ms']:.2f} ms,"
         f" p99 {summary['p99_ms']:.2f} ms; replayed {summary['replayed']:,};"
-        f" dead letters {dl or 0}; expired {summary['expired']:,};"
+        f" dead letters {dl or 0} (late {summary['too_late']:,}, early {summary['too_early']:,},"
+        f" misrouted {summary['misrouted']:,}); late scored {summary['late_accepted']:,};"
+        f" expired {summary['expired']:,};"
         f" precision@0.5 {summary['precision']}, recall@0.5 {summary['recall']};"
         f" model {summary['model']}"
     )

@@ -56,7 +56,9 @@ class StatsCollector(Collector):
                 "expired": s.expired,
                 "swept": s.swept,
                 "delivery_failures": s.delivery_failures,
+                "late_accepted": s.late_accepted,
             }
+            clock = dict(s.event_clock)
             model, rollout = s.model, s.rollout
             hists = [
                 _histogram(
@@ -104,6 +106,11 @@ class StatsCollector(Collector):
             ("expired", "Users whose state had passed the TTL when their next event came"),
             ("swept", "Expired user records deleted by the TTL sweep"),
             ("delivery_failures", "Messages a producer could not deliver (the run then fails)"),
+            (
+                "late_accepted",
+                "Events scored although older than their user's last event (within the"
+                " allowed lateness); rejected ones are dead letters TimestampTooLate",
+            ),
         ):
             c = CounterMetricFamily(f"fraud_{name}", doc)
             c.add_metric([], values[name])
@@ -125,6 +132,14 @@ class StatsCollector(Collector):
         for p, n in sorted(part_expired.items()):
             ttl.add_metric([str(p)], n)
         yield ttl
+        event_clock = GaugeMetricFamily(
+            "fraud_event_time_clock_seconds",
+            "A partition's event-time clock (epoch s): drives the TTL sweep and the lateness check",
+            labels=["partition"],
+        )
+        for p, t in sorted(clock.items()):
+            event_clock.add_metric([str(p)], t)
+        yield event_clock
         info = InfoMetricFamily("fraud_model", "The active model (id@sha256 prefix)")
         info.add_metric([], {"model": model})
         yield info
