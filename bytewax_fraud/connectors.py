@@ -28,6 +28,7 @@ from bytewax_fraud.control.reader import (
     null_reader,
 )
 from bytewax_fraud.events import DeadLetter
+from bytewax_fraud.fault_inputs import FaultPlan
 from bytewax_fraud.kafka.admin import admin_client, partition_count
 from bytewax_fraud.kafka.config import admin_config, consumer_config
 from bytewax_fraud.parse import RawBatch, dead_letter_json
@@ -58,6 +59,11 @@ def make_source(s: Settings) -> Source[RawBatch | ControlMessage]:
             rate=s.rate,
             batch_max=s.batch_max,
             batch_timeout_s=s.batch_timeout_ms / 1000.0,
+            faults=(
+                FaultPlan(s.fault_inputs_every, s.fault_inputs_twin)
+                if s.fault_inputs_every
+                else None
+            ),
         )
     return WithControl(inner, control_reader(s), _control_name(s), s.control_poll_interval)
 
