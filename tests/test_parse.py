@@ -349,9 +349,61 @@ def bad_input_cases() -> list[tuple[str, bytes, str, str]]:
     return cases
 
 
-def corpus_lines() -> list[str]:
-    """The lines of tests/data/bad_inputs.jsonl, as `bad_input_cases` defines them."""
+#: Where a context case is bad (valid by schema; wrong where it arrives). See conftest.py.
+CONTEXTS = {
+    "source-clock": "on a source whose record timestamps are years before the event's time",
+    "partition-clock": "once its partition's event-time clock is defined (100 events), after 2000",
+    "key": "produced keyed by key_b64 with murmur2 (Kafka's default) on 4 partitions",
+}
+MISROUTED_USER = "u-misrouted"
+#: A card number as the key: murmur2 puts it on another partition than MISROUTED_USER
+#: for 2, 3, 4 and 8 partitions.
+MISROUTED_KEY = b"card-4111-1111-1111-0001"
+
+
+def context_cases() -> list[dict[str, Any]]:
+    """Valid events that lie about when or where they belong (stages after parsing)."""
+    year_2090 = 3_786_912_000
     return [
+        {
+            "kind": "timestamp-decades-ahead",
+            "value": _obj(user_id="u-from-2090", timestamp=year_2090),
+            "stage": "event_time",
+            "error_class": "TimestampTooFarAhead",
+            "reason_contains": "ahead of the record's source timestamp",
+            "context": "source-clock",
+        },
+        {
+            "kind": "timestamp-iso-decades-ahead",
+            "value": _obj(user_id="u-from-2099", timestamp="2099-12-31T23:59:59Z"),
+            "stage": "event_time",
+            "error_class": "TimestampTooFarAhead",
+            "reason_contains": "years ahead of",
+            "context": "source-clock",
+        },
+        {
+            "kind": "timestamp-year-2000",
+            "value": _obj(user_id="u-from-2000", timestamp=946_684_800),
+            "stage": "event_time",
+            "error_class": "TimestampTooLate",
+            "reason_contains": "behind the partition's event-time clock",
+            "context": "partition-clock",
+        },
+        {
+            "kind": "misrouted-card-number-key",
+            "value": _obj(user_id=MISROUTED_USER),
+            "key": MISROUTED_KEY,
+            "stage": "routing",
+            "error_class": "WrongPartition",
+            "reason_contains": "belongs to partition",
+            "context": "key",
+        },
+    ]
+
+
+def corpus_lines() -> list[str]:
+    """The lines of tests/data/bad_inputs.jsonl: `bad_input_cases`, then `context_cases`."""
+    lines = [
         json.dumps(
             {
                 "kind": kind,
@@ -363,6 +415,19 @@ def corpus_lines() -> list[str]:
         )
         for kind, value, stage, reason in bad_input_cases()
     ]
+    for case in context_cases():
+        line = {
+            "kind": case["kind"],
+            "value_b64": base64.b64encode(case["value"]).decode("ascii"),
+            "stage": case["stage"],
+            "error_class": case["error_class"],
+            "reason_contains": case["reason_contains"],
+            "context": case["context"],
+        }
+        if "key" in case:
+            line["key_b64"] = base64.b64encode(case["key"]).decode("ascii")
+        lines.append(json.dumps(line, ensure_ascii=False))
+    return lines
 
 
 def test_corpus_file_matches_its_generator() -> None:
@@ -396,6 +461,22 @@ def test_every_bad_input_becomes_a_dead_letter(
         assert dl.origin.timestamp is None
         assert "\n" not in dl.reason and len(dl.reason) <= MAX_REASON_CHARS, case["kind"]
         assert DeadLetter.model_validate_json(dead_letter_json(dl)) == dl
+
+
+def test_context_cases_are_valid_events_that_only_their_context_rejects(
+    context_corpus: list[dict[str, Any]], raw_message: MakeRaw
+) -> None:
+    from bytewax_fraud.partitioning import partition_for
+
+    assert {c["stage"] for c in context_corpus} == {"event_time", "routing"}
+    assert {c["context"] for c in context_corpus} == set(CONTEXTS)
+    for case in context_corpus:
+        assert isinstance(parse_message(raw_message(case["value"])), Event), case["kind"]
+        if case["context"] == "key":
+            key = base64.b64decode(case["key_b64"]).decode()
+            user = json.loads(case["value"])["user_id"]
+            for n in (2, 3, 4, 8):
+                assert partition_for(key, n) != partition_for(user, n)
 
 
 def test_error_classes_are_stable(bad_corpus: list[dict[str, Any]], raw_message: MakeRaw) -> None:
