@@ -127,6 +127,11 @@ class PartitionLogic(StatefulBatchLogic[PartitionBatch, Outbound, dict[str, Any]
         self._scorer: PartitionScorer | None = None
         self._log = DeploymentLog([])
         self._marks: list[int] = list(resume["marks"]) if resume else []
+        #: One past the largest input offset this step has been given: where the input
+        #: is. Snapshot marks record it, not the store's high-water mark, which after a
+        #: resume is ahead of the input until the replay catches up (a mark ahead of the
+        #: input would let the outbox be pruned of entries a slow replay still needs).
+        self._seen = int(resume.get("seen", resume["high_water"])) if resume else 0
         self._cursor: bytes | None = resume.get("cursor") if resume else None
         self._next_sweep = clock() + config.sweep_interval
         if resume is not None:
@@ -173,7 +178,9 @@ class PartitionLogic(StatefulBatchLogic[PartitionBatch, Outbound, dict[str, Any]
     def _score(self, scorer: PartitionScorer, events: list[EventBatch]) -> list[Outbound]:
         if not events:
             return []
-        scored = scorer.score(EventBatch.concat(events))
+        batch = EventBatch.concat(events)
+        self._seen = max(self._seen, int(batch.offsets.max()) + 1)
+        scored = scorer.score(batch)
         STATS.record_event_time(scorer.partition, scorer.clock.now, scored.late_accepted)
         if not scored.lines:
             return list(scored.dead_letters)
@@ -230,7 +237,7 @@ class PartitionLogic(StatefulBatchLogic[PartitionBatch, Outbound, dict[str, Any]
         started = time.perf_counter()
         scorer.store.sync()
         kept = self._config.kept_marks
-        self._marks = (self._marks + [scorer.high_water])[-kept:]
+        self._marks = (self._marks + [self._seen])[-kept:]
         if len(self._marks) == kept:
             scorer.prune_outbox(self._marks[0])
         STATS.record_snapshot(
@@ -240,6 +247,7 @@ class PartitionLogic(StatefulBatchLogic[PartitionBatch, Outbound, dict[str, Any]
         return {
             "partition": scorer.partition,
             "high_water": scorer.high_water,
+            "seen": self._seen,
             "marks": list(self._marks),
             "cursor": self._cursor,
         }

@@ -164,3 +164,41 @@ def test_misrouted_far_ahead_and_late_events_are_dead_letters_with_connect_heade
         "too_early": expected.count("TimestampTooFarAhead"),
         "too_late": expected.count("TimestampTooLate"),
     }
+
+
+@pytest.mark.kafka
+def test_produce_with_librdkafkas_default_partitioner_shows_misrouting(
+    kafka_broker: Broker,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`produce --partitioner consistent_random` (CRC32): the users it puts on another
+    partition than murmur2 are all WrongPartition dead letters; the others (CRC32 is per key,
+    so a user is wholly on one side) get the predictions of a correctly keyed run."""
+    from bytewax_fraud import produce
+
+    runs = {}
+    for name, partitioner in (("crc32", "consistent_random"), ("murmur2", "murmur2_random")):
+        prefix = unique(f"produce-{name}")
+        s = kafka_settings(tmp_path / name, kafka_broker.bootstrap_servers, prefix)
+        monkeypatch.setenv("FRAUD_TOPIC_PREDICTIONS", s.topic_predictions)
+        monkeypatch.setenv("FRAUD_TOPIC_DEAD_LETTERS", s.topic_dead_letters)
+        args = ["--events", "3000", "--users", "300", "--seed", "2", "--topic"]
+        args += [s.topic_transactions, "--create-topic", "--partitions", str(PARTITIONS)]
+        args += ["--bootstrap-servers", s.kafka_bootstrap_servers or "", "--partitioner"]
+        assert produce.main([*args, partitioner]) == 0
+        runs[name] = (s, capsys.readouterr().err)
+        run_main(build_dataflow(s))
+    s, err = runs["crc32"]
+    assert "NOT murmur2" in err and "messages are NOT in their user's murmur2 partition" in err
+    assert "every keyed message is in its murmur2 partition" in runs["murmur2"][1]
+    dead = read_topic(s, s.topic_dead_letters)
+    classes = {headers_dict(m.headers())["__connect.errors.exception.class.name"] for m in dead}
+    assert classes == {"WrongPartition"}
+    misrouted_users = {m.key().decode() for m in dead}
+    preds = _without_offsets(predictions_of(s))
+    assert len(preds) + len(dead) == 3000 and len(dead) > 1000
+    assert not {p["user_id"] for p in preds.values()} & misrouted_users
+    good = _without_offsets(predictions_of(runs["murmur2"][0]))
+    assert preds == {t: p for t, p in good.items() if p["user_id"] not in misrouted_users}
