@@ -27,8 +27,8 @@ from bytewax_fraud.rejects import reject
 STAGE = "routing"
 WRONG_PARTITION = "WrongPartition"
 
-_M = np.uint64(0x5BD1E995)
-_MASK = np.uint64(0xFFFFFFFF)
+#: murmur2's multiplier; uint32 arrays wrap modulo 2**32, as murmur2 does.
+_M = np.uint32(0x5BD1E995)
 
 
 def partitions_of(user_ids: list[str], partition_count: int) -> npt.NDArray[np.int64]:
@@ -62,26 +62,26 @@ def _murmur2_ragged(flat: npt.NDArray[np.uint8], lengths: npt.NDArray[np.int64])
     col = np.arange(len(flat)) - np.repeat(starts, lengths)
     padded[row, col] = flat
     n4 = lengths // 4
-    h = (np.uint64(0x9747B28C) ^ lengths.astype(np.uint64)) & _MASK
-    words = padded[:, : (width // 4) * 4].copy().view("<u4").astype(np.uint64)
+    h = (np.uint32(0x9747B28C) ^ lengths.astype(np.uint32)).astype(np.uint32)
+    words = np.ascontiguousarray(padded[:, : (width // 4) * 4]).view("<u4")
     for j in range(width // 4):
-        k = (words[:, j] * _M) & _MASK
-        k ^= k >> np.uint64(24)
-        k = (k * _M) & _MASK
-        h = np.where(j < n4, ((h * _M) & _MASK) ^ k, h)
+        k = words[:, j] * _M
+        k ^= k >> np.uint32(24)
+        k *= _M
+        h = np.where(j < n4, (h * _M) ^ k, h)
     extra = lengths % 4
     tail = n4 * 4
     rows = np.arange(n)
-    b0 = padded[rows, tail].astype(np.uint64)
-    b1 = padded[rows, tail + 1].astype(np.uint64)
-    b2 = padded[rows, tail + 2].astype(np.uint64)
-    h = np.where(extra == 3, h ^ (b2 << np.uint64(16)), h)
-    h = np.where(extra >= 2, h ^ (b1 << np.uint64(8)), h)
-    h = np.where(extra >= 1, ((h ^ b0) * _M) & _MASK, h)
-    h ^= h >> np.uint64(13)
-    h = (h * _M) & _MASK
-    h ^= h >> np.uint64(15)
-    return h.astype(np.uint32).view(np.int32)
+    b0 = padded[rows, tail].astype(np.uint32)
+    b1 = padded[rows, tail + 1].astype(np.uint32)
+    b2 = padded[rows, tail + 2].astype(np.uint32)
+    h = np.where(extra == 3, h ^ (b2 << np.uint32(16)), h)
+    h = np.where(extra >= 2, h ^ (b1 << np.uint32(8)), h)
+    h = np.where(extra >= 1, (h ^ b0) * _M, h)
+    h ^= h >> np.uint32(13)
+    h *= _M
+    h ^= h >> np.uint32(15)
+    return h.view(np.int32)
 
 
 def reject_misrouted(
