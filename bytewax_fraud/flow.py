@@ -18,6 +18,7 @@ from bytewax_fraud.connectors import Outputs
 from bytewax_fraud.control.commands import ControlItem, ControlMessage, ControlRejected
 from bytewax_fraud.control.deployment import report_rejection
 from bytewax_fraud.control.gate import CommandValidator
+from bytewax_fraud.misrouting import reject_misrouted
 from bytewax_fraud.parse import parse_batch
 from bytewax_fraud.partition_logic import PartitionBatch, PartitionConfig, logic_builder
 from bytewax_fraud.partitioning import routing_key
@@ -33,12 +34,16 @@ from bytewax_fraud.status import STATS
 
 
 def _ingest_batch(
-    validator: CommandValidator, max_bytes: int, items: list[RawBatch | RawMessage | ControlMessage]
+    validator: CommandValidator,
+    max_bytes: int,
+    partitions: int,
+    items: list[RawBatch | RawMessage | ControlMessage],
 ) -> list[PartitionBatch | DeadLetter]:
     """Parse source batches into one batch per state partition (in order) and dead letters.
 
     Working on whole batches, as columns, keeps per-event objects off the hot path.
-    Single `RawMessage`s (from a custom source) are parsed as batches of one.
+    Single `RawMessage`s (from a custom source) are parsed as batches of one. Events
+    of users that belong to another partition are dead letters (misrouting.py).
     """
     by_partition: dict[int, list[EventBatch | ControlItem]] = {}
     dead: list[PartitionBatch | DeadLetter] = []
@@ -50,6 +55,9 @@ def _ingest_batch(
             )
             events, rejected = parse_batch(raw, max_bytes)
             dead += rejected
+            if events is not None:
+                events, misrouted = reject_misrouted(events, partitions)
+                dead += misrouted
             if events is not None:
                 by_partition.setdefault(raw.partition, []).append(events)
         else:
@@ -98,6 +106,7 @@ def build_flow(
     config: PartitionConfig,
     validator: CommandValidator,
     max_message_bytes: int,
+    partitions: int,
 ) -> Dataflow:
     """The fraud-scoring dataflow over this source and these sinks.
 
@@ -107,11 +116,13 @@ def build_flow(
         config: What every partition's scorer shares (model, state, TTL, ...).
         validator: Checks control commands once per process.
         max_message_bytes: Larger messages are dead letters (FRAUD_MAX_MESSAGE_BYTES).
+        partitions: The number of state partitions; an event of a user hashed to
+            another partition than the one it arrived on is a dead letter.
     """
     flow = Dataflow("fraud")
     raw = op.input("transactions", flow, source)
     parsed = op.flat_map_batch(
-        "parse", raw, functools.partial(_ingest_batch, validator, max_message_bytes)
+        "parse", raw, functools.partial(_ingest_batch, validator, max_message_bytes, partitions)
     )
     split = op.branch("split_valid", parsed, _is_partition_batch)
     keyed = op.key_on("by_partition", split.trues, _route)

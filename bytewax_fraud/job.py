@@ -24,6 +24,7 @@ from bytewax.recovery import RecoveryConfig
 from bytewax_fraud.connectors import Outputs, make_outputs, make_source
 from bytewax_fraud.control.gate import CommandValidator, ModelGate
 from bytewax_fraud.errors import ModelChangedError, RecoveryError, StateError
+from bytewax_fraud.event_time import TimePolicy
 from bytewax_fraud.flow import build_flow
 from bytewax_fraud.inference.loader import ModelLoader
 from bytewax_fraud.inference.runtime import LoadedModel
@@ -120,6 +121,7 @@ def build_job(
         kept_marks=3 + math.ceil(s.backup_interval / s.snapshot_interval),
         kill_at_snapshot=s.fault_kill_at_snapshot,
         buffer_bytes=int(s.state_buffer_mb * 1024 * 1024),
+        time_policy=TimePolicy(s.max_future_skew, s.allowed_lateness),
     )
     flow = build_flow(
         source or make_source(s),
@@ -127,6 +129,7 @@ def build_job(
         config,
         CommandValidator(ModelGate(s.model_dir, loader)),
         s.max_message_bytes,
+        s.partitions,
     )
     epoch = timedelta(seconds=s.snapshot_interval if recovery else 10.0)
     return Job(flow, recovery, epoch)

@@ -40,6 +40,7 @@ from collections.abc import Iterable
 from typing import Annotated, Any
 
 import numpy as np
+import numpy.typing as npt
 from pydantic import Field, TypeAdapter, ValidationError
 from typing_extensions import TypedDict
 
@@ -206,9 +207,32 @@ def parse_batch(
         dead.sort(key=lambda d: d.origin.offset)
     if not rows:
         return None, dead
-    offsets = raw.offsets if len(good) == len(values) else raw.offsets[np.asarray(good, np.intp)]
+    whole = len(good) == len(values)
+    offsets = raw.offsets if whole else raw.offsets[np.asarray(good, np.intp)]
     ingest = np.full(len(rows), raw.ingest_ns, np.int64)
-    return EventBatch.from_rows(raw.partition, offsets, ingest, rows), dead
+    keys = raw.keys if raw.keys is None or whole else [raw.keys[i] for i in good]
+    return (
+        EventBatch.from_rows(
+            raw.partition,
+            offsets,
+            ingest,
+            rows,
+            raw.source,
+            values if whole else [values[i] for i in good],
+            keys,
+            _source_times(raw.timestamps if whole else [raw.timestamps[i] for i in good])
+            if raw.timestamps is not None
+            else None,
+        ),
+        dead,
+    )
+
+
+def _source_times(stamps: list[float | None]) -> npt.NDArray[np.float64]:
+    """The source's timestamps as floats, NaN where a record had none."""
+    if None in stamps:
+        return np.array([np.nan if t is None else t for t in stamps], np.float64)
+    return np.fromiter(stamps, np.float64, len(stamps))
 
 
 def _drop_repeated(

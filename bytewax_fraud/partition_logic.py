@@ -29,6 +29,7 @@ from bytewax_fraud.control.deployment import (
 )
 from bytewax_fraud.control.deployment import apply as apply_command
 from bytewax_fraud.errors import RecoveryError
+from bytewax_fraud.event_time import CLOCK_KEY, PartitionClock, TimePolicy
 from bytewax_fraud.inference.runtime import LoadedModel
 from bytewax_fraud.records import DeadLetter, EventBatch, ScoredBatch
 from bytewax_fraud.scoring import PartitionScorer
@@ -60,6 +61,8 @@ class PartitionConfig:
     kill_at_snapshot: int | None = None  # fault injection for recovery tests
     #: Write-back buffer per partition store, in bytes (0: every batch writes through).
     buffer_bytes: int = 0
+    #: Future skew, allowed lateness and clock rank (see event_time.py).
+    time_policy: TimePolicy = TimePolicy()
 
 
 def open_store(config: PartitionConfig, partition: int, resuming: bool) -> StateStore:
@@ -123,6 +126,11 @@ class PartitionLogic(StatefulBatchLogic[PartitionBatch, Outbound, dict[str, Any]
         self._scorer: PartitionScorer | None = None
         self._log = DeploymentLog([])
         self._marks: list[int] = list(resume["marks"]) if resume else []
+        #: One past the largest input offset this step has been given: where the input
+        #: is. Snapshot marks record it, not the store's high-water mark, which after a
+        #: resume is ahead of the input until the replay catches up (a mark ahead of the
+        #: input would let the outbox be pruned of entries a slow replay still needs).
+        self._seen = int(resume.get("seen", resume["high_water"])) if resume else 0
         self._cursor: bytes | None = resume.get("cursor") if resume else None
         self._next_sweep = clock() + config.sweep_interval
         if resume is not None:
@@ -131,13 +139,17 @@ class PartitionLogic(StatefulBatchLogic[PartitionBatch, Outbound, dict[str, Any]
     def _open(self, partition: int) -> PartitionScorer:
         c = self._config
         store = open_store(c, partition, self._resume is not None)
-        scorer = PartitionScorer(partition, store, c.model, c.window, c.ttl_seconds, c.batch_max)
+        scorer = PartitionScorer(
+            partition, store, c.model, c.window, c.ttl_seconds, c.batch_max, c.time_policy
+        )
         if self._resume is not None:
             scorer.high_water = int(self._resume["high_water"])
-            scorer.watermark = float(self._resume["watermark"])
-        meta, hw = store.get_many([DEPLOYMENTS_KEY, HIGH_WATER_KEY])
+        meta, hw, clock = store.get_many([DEPLOYMENTS_KEY, HIGH_WATER_KEY, CLOCK_KEY])
         if hw is not None:
             scorer.high_water = max(scorer.high_water, int.from_bytes(hw, "big"))
+        # The clock is written with the records and the high-water mark, so it holds
+        # exactly the events below that mark; replayed ones are not admitted again.
+        scorer.clock = PartitionClock.from_bytes(clock, c.time_policy.rank)
         if meta is not None:
             self._log = DeploymentLog.from_bytes(meta, c.restore_model)
             scorer.deployment = self._log.stack[-1]
@@ -162,10 +174,15 @@ class PartitionLogic(StatefulBatchLogic[PartitionBatch, Outbound, dict[str, Any]
         out += self._score(scorer, events)
         return out, StatefulBatchLogic.RETAIN
 
-    def _score(self, scorer: PartitionScorer, events: list[EventBatch]) -> list[ScoredBatch]:
+    def _score(self, scorer: PartitionScorer, events: list[EventBatch]) -> list[Outbound]:
         if not events:
             return []
-        scored = scorer.score(EventBatch.concat(events))
+        batch = EventBatch.concat(events)
+        self._seen = max(self._seen, int(batch.offsets.max()) + 1)
+        scored = scorer.score(batch)
+        STATS.record_event_time(scorer.partition, scorer.clock.now, scored.late_accepted)
+        if not scored.lines:
+            return list(scored.dead_letters)
         STATS.record_scored(
             scored.latencies_ms,
             scored.probabilities,
@@ -175,9 +192,8 @@ class PartitionLogic(StatefulBatchLogic[PartitionBatch, Outbound, dict[str, Any]
             scorer.partition,
             scored.inference_seconds,
             scored.scores,
-            scorer.watermark,
         )
-        return [scored]
+        return [scored, *scored.dead_letters]
 
     def _control(self, scorer: PartitionScorer, item: ControlItem) -> list[DeadLetter]:
         """Apply a command at this point of the partition's stream (once, even on replay)."""
@@ -220,7 +236,7 @@ class PartitionLogic(StatefulBatchLogic[PartitionBatch, Outbound, dict[str, Any]
         started = time.perf_counter()
         scorer.store.sync()
         kept = self._config.kept_marks
-        self._marks = (self._marks + [scorer.high_water])[-kept:]
+        self._marks = (self._marks + [self._seen])[-kept:]
         if len(self._marks) == kept:
             scorer.prune_outbox(self._marks[0])
         seconds = time.perf_counter() - started
@@ -230,7 +246,7 @@ class PartitionLogic(StatefulBatchLogic[PartitionBatch, Outbound, dict[str, Any]
         return {
             "partition": scorer.partition,
             "high_water": scorer.high_water,
-            "watermark": scorer.watermark,
+            "seen": self._seen,
             "marks": list(self._marks),
             "cursor": self._cursor,
         }

@@ -137,28 +137,28 @@ def murmur2_many(data: npt.NDArray[np.uint8]) -> npt.NDArray[np.int32]:
     if arr.ndim != 2:
         raise ValueError(f"murmur2_many needs a 2-D [n, L] uint8 array, got shape {arr.shape}")
     n, length = arr.shape
-    # uint64 holds the product of two 32-bit values exactly; mask back to 32 bits after each.
-    m = np.uint64(_M)
-    mask = np.uint64(_MASK)
-    h = np.full(n, (0x9747B28C ^ length) & _MASK, dtype=np.uint64)
+    # uint32 arrays wrap modulo 2**32 on overflow, which is exactly murmur2's arithmetic.
+    m = np.uint32(_M)
+    h = np.full(n, (0x9747B28C ^ length) & _MASK, dtype=np.uint32)
     n4 = length // 4
     if n4:
-        words = arr[:, : n4 * 4].copy().view("<u4").astype(np.uint64)
+        words = np.ascontiguousarray(arr[:, : n4 * 4]).view("<u4")
         for j in range(n4):
-            k = (words[:, j] * m) & mask
-            k ^= k >> np.uint64(24)
-            k = (k * m) & mask
-            h = ((h * m) & mask) ^ k
-    tail = arr[:, n4 * 4 :].astype(np.uint64)
+            k = words[:, j] * m
+            k ^= k >> np.uint32(24)
+            k *= m
+            h *= m
+            h ^= k
+    tail = arr[:, n4 * 4 :].astype(np.uint32)
     extra = tail.shape[1]
     if extra == 3:
-        h ^= tail[:, 2] << np.uint64(16)
+        h ^= tail[:, 2] << np.uint32(16)
     if extra >= 2:
-        h ^= tail[:, 1] << np.uint64(8)
+        h ^= tail[:, 1] << np.uint32(8)
     if extra >= 1:
         h ^= tail[:, 0]
-        h = (h * m) & mask
-    h ^= h >> np.uint64(13)
-    h = (h * m) & mask
-    h ^= h >> np.uint64(15)
-    return h.astype(np.uint32).view(np.int32)
+        h *= m
+    h ^= h >> np.uint32(13)
+    h *= m
+    h ^= h >> np.uint32(15)
+    return h.view(np.int32)

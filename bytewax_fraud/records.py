@@ -269,6 +269,12 @@ class EventBatch:
         timestamps: Event times, epoch seconds.
         merchants: The merchant ids.
         labels: 0 or 1, or `NO_LABEL` where the event had none.
+        source: Where the events came from (a Kafka topic, or the generator's name).
+        values: The original message bytes (None: not kept); for dead letters of
+            events rejected after parsing.
+        keys: The original message keys (None: the source has none).
+        source_ts: The source's timestamp of each record, epoch s, NaN where it
+            had none (None: the source has none). The reference of event-time checks.
     """
 
     partition: int
@@ -280,6 +286,10 @@ class EventBatch:
     timestamps: npt.NDArray[np.float64]
     merchants: list[str]
     labels: npt.NDArray[np.int8]
+    source: str = ""
+    values: list[bytes | None] | None = None
+    keys: list[bytes | None] | None = None
+    source_ts: npt.NDArray[np.float64] | None = None
 
     def __len__(self) -> int:
         return len(self.user_ids)
@@ -291,6 +301,10 @@ class EventBatch:
         offsets: npt.NDArray[np.int64],
         ingest_ns: npt.NDArray[np.int64],
         rows: Sequence[dict[str, Any]],
+        source: str = "",
+        values: list[bytes | None] | None = None,
+        keys: list[bytes | None] | None = None,
+        source_ts: npt.NDArray[np.float64] | None = None,
     ) -> EventBatch:
         """Columns of validated transaction dicts (the fields of `Transaction`)."""
         n = len(rows)
@@ -309,6 +323,10 @@ class EventBatch:
                 if None not in labels
                 else np.fromiter([NO_LABEL if x is None else x for x in labels], np.int8, n)
             ),
+            source=source,
+            values=values,
+            keys=keys,
+            source_ts=source_ts,
         )
 
     @classmethod
@@ -322,6 +340,7 @@ class EventBatch:
             np.fromiter([ev.offset for ev in events], np.int64, n),
             np.fromiter([ev.ingest_ns for ev in events], np.int64, n),
             [ev.tx.__dict__ for ev in events],
+            values=[ev.tx.model_dump_json().encode() for ev in events],
         )
 
     def take(self, idx: npt.NDArray[np.intp]) -> EventBatch:
@@ -337,6 +356,10 @@ class EventBatch:
             timestamps=self.timestamps[idx],
             merchants=[self.merchants[i] for i in at],
             labels=self.labels[idx],
+            source=self.source,
+            values=None if self.values is None else [self.values[i] for i in at],
+            keys=None if self.keys is None else [self.keys[i] for i in at],
+            source_ts=None if self.source_ts is None else self.source_ts[idx],
         )
 
     def slice(self, lo: int, hi: int) -> EventBatch:
@@ -351,6 +374,10 @@ class EventBatch:
             timestamps=self.timestamps[lo:hi],
             merchants=self.merchants[lo:hi],
             labels=self.labels[lo:hi],
+            source=self.source,
+            values=None if self.values is None else self.values[lo:hi],
+            keys=None if self.keys is None else self.keys[lo:hi],
+            source_ts=None if self.source_ts is None else self.source_ts[lo:hi],
         )
 
     @staticmethod
@@ -368,7 +395,29 @@ class EventBatch:
             timestamps=np.concatenate([b.timestamps for b in batches]),
             merchants=[x for b in batches for x in b.merchants],
             labels=np.concatenate([b.labels for b in batches]),
+            source=batches[0].source,
+            values=_joined([b.values for b in batches], [len(b) for b in batches]),
+            keys=_joined([b.keys for b in batches], [len(b) for b in batches]),
+            source_ts=(
+                None
+                if all(b.source_ts is None for b in batches)
+                else np.concatenate(
+                    [
+                        np.full(len(b), np.nan) if b.source_ts is None else b.source_ts
+                        for b in batches
+                    ]
+                )
+            ),
         )
+
+
+def _joined(parts: list[list[bytes | None] | None], sizes: list[int]) -> list[bytes | None] | None:
+    """Optional columns one after the other (None only if every part is None)."""
+    if all(p is None for p in parts):
+        return None
+    return [
+        x for p, n in zip(parts, sizes, strict=True) for x in (p if p is not None else [None] * n)
+    ]
 
 
 @dataclass(frozen=True)
@@ -385,3 +434,7 @@ class ScoredBatch:
     inference_seconds: list[float] = field(default_factory=list)
     #: Probabilities of the events scored now (replays excluded), per model label.
     scores: dict[str, np.ndarray] = field(default_factory=dict)
+    #: Valid events rejected by the event-time checks, in offset order.
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    #: Events scored although older than their user's last event (within the lateness).
+    late_accepted: int = 0

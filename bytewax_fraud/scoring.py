@@ -1,20 +1,28 @@
 """Score a batch of one partition's events: state in, features, waves of inference, state out.
 
 For a batch the scorer:
-1. groups events by user, keeping order (a user's k-th event in the batch is in wave k);
-2. reads every user's record with one multi-get and decodes them into columns;
-3. per wave: fences replays, expires idle users (TTL in event time), computes
-   features with numpy and runs one model call for the whole wave;
-4. writes the new records, plus an outbox entry per prediction, in one atomic batch;
-5. returns the prediction lines in input order.
+1. admits the new events against the partition's event-time clock, in offset
+   order (too far ahead or too far behind: a dead letter; see event_time.py);
+2. groups events by user, keeping order (a user's k-th event in the batch is in wave k);
+3. reads every user's record with one multi-get and decodes them into columns;
+4. per wave: fences replays, expires idle users (TTL in event time), rejects
+   events too far behind their user's last event, computes features with numpy
+   and runs one model call for the whole wave;
+5. writes the new records, an outbox entry per prediction or rejection, the
+   clock and the high-water mark in one atomic batch;
+6. returns the prediction lines in input order, and the dead letters.
 
-Replays after a crash: an event at or below its user's `last_offset` was
-applied already; its state is not touched again and its prediction is read
-back, byte for byte, from the outbox.
+Replays after a crash: an event below the partition's high-water mark was
+decided already. A rejected one is found as a rejection in the outbox and
+rejected again with the same reason; an applied one is at or below its user's
+`last_offset`, its state is not touched again and its prediction is read back,
+byte for byte, from the outbox. The clock already holds the replayed events.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,11 +30,14 @@ from json.encoder import encode_basestring_ascii as _json_str
 
 import numpy as np
 
+from bytewax_fraud import event_time
 from bytewax_fraud.control.deployment import Deployment
 from bytewax_fraud.errors import RecoveryError
+from bytewax_fraud.event_time import PartitionClock, TimePolicy
 from bytewax_fraud.features import compute_features, merchant_code, push
 from bytewax_fraud.inference.runtime import LoadedModel
-from bytewax_fraud.records import Event, EventBatch, ScoredBatch
+from bytewax_fraud.records import DeadLetter, Event, EventBatch, ScoredBatch
+from bytewax_fraud.rejects import reject
 from bytewax_fraud.state.base import (
     HIGH_WATER_KEY,
     REPLAY_FLOOR_KEY,
@@ -49,13 +60,8 @@ class _Groups:
     merchant: np.ndarray  # event -> merchant code
 
 
-def _merge_scores(parts: list[ScoredBatch]) -> dict[str, np.ndarray]:
-    """Join the per-model probabilities of several batches."""
-    grouped: dict[str, list[np.ndarray]] = {}
-    for part in parts:
-        for label, probs in part.scores.items():
-            grouped.setdefault(label, []).append(probs)
-    return {k: v[0] if len(v) == 1 else np.concatenate(v) for k, v in grouped.items()}
+#: What became of each event in `_apply_waves`.
+_APPLIED, _FENCED, _USER_LATE = 0, 1, 2
 
 
 class PartitionScorer:
@@ -69,6 +75,7 @@ class PartitionScorer:
         window: int,
         ttl_seconds: float,
         batch_max: int = 1024,
+        policy: TimePolicy | None = None,
     ) -> None:
         self.partition = partition
         self.store = store
@@ -77,8 +84,9 @@ class PartitionScorer:
         self.window = window
         self.ttl = ttl_seconds
         self.batch_max = batch_max
-        #: Largest event time seen: the partition's event-time watermark (for the TTL sweep).
-        self.watermark = 0.0
+        self.policy = policy or TimePolicy()
+        #: The partition's event-time clock (admission and the TTL sweep); persisted.
+        self.clock = PartitionClock(self.policy.rank)
         #: One past the largest offset applied (for outbox pruning).
         self.high_water = 0
         self._merchant_codes: dict[str, int] = {}
@@ -88,14 +96,74 @@ class PartitionScorer:
         batch = events if isinstance(events, EventBatch) else EventBatch.from_events(events)
         n, size = len(batch), self.batch_max
         if n <= size:
-            return self._score_deployed(batch)
-        return _concat([self._score_deployed(batch.slice(i, i + size)) for i in range(0, n, size)])
+            return self._score_slice(batch)
+        return _concat([self._score_slice(batch.slice(i, i + size)) for i in range(0, n, size)])
 
-    def _score_deployed(self, batch: EventBatch) -> ScoredBatch:
-        """Score with the deployment's models: the candidate's users apart from the rest."""
+    def _score_slice(self, batch: EventBatch) -> ScoredBatch:
+        """Admit, score and persist one batch: one atomic write for all it changed."""
+        dead: list[DeadLetter] = []
+        keys: list[bytes] = []
+        values: list[bytes] = []
+        old = batch.offsets < self.high_water
+        new = ~old
+        if old.any():  # replayed after a restart: rejected ones are rejected again, as before
+            gone = self._rejected_before(batch, np.flatnonzero(old), dead)
+            new[gone] = False
+            old[gone] = False
+        fresh = np.flatnonzero(new)
+        if len(fresh):
+            ts = batch.timestamps[fresh]
+            src = None if batch.source_ts is None else batch.source_ts[fresh]
+            verdict, reasons = self.clock.admit(ts, src, self.policy)
+            bad = np.flatnonzero(verdict)
+            for j, reason in zip(bad.tolist(), reasons, strict=True):
+                cls = (
+                    event_time.TOO_FAR_AHEAD
+                    if verdict[j] == event_time.AHEAD
+                    else event_time.TOO_LATE
+                )
+                i = int(fresh[j])
+                dead.append(reject(batch, i, event_time.STAGE, cls, reason))
+                keys.append(outbox_key(int(batch.offsets[i])))
+                values.append(event_time.encode_rejection(cls, reason))
+            new[fresh[bad]] = False
+        keep = np.flatnonzero(old | new)
+        scored = self._score_deployed(
+            batch if len(keep) == len(batch) else batch.take(keep), keys, values
+        )
+        self.high_water = max(self.high_water, int(batch.offsets.max()) + 1)
+        if len(fresh) or keys:
+            keys += [event_time.CLOCK_KEY, HIGH_WATER_KEY]
+            values += [self.clock.to_bytes(), self.high_water.to_bytes(8, "big")]
+            self.store.write(keys, values)
+        if dead:
+            dead = sorted([*dead, *scored.dead_letters], key=lambda d: d.origin.offset)
+            scored = _with_dead_letters(scored, dead)
+        return scored
+
+    def _rejected_before(
+        self, batch: EventBatch, idx: np.ndarray, dead: list[DeadLetter]
+    ) -> np.ndarray:
+        """Events at `idx` that the outbox says were rejected: their dead letters, again."""
+        entries = self.store.get_many(outbox_keys(batch.offsets[idx]))
+        gone = []
+        for i, entry in zip(idx.tolist(), entries, strict=True):
+            found = None if entry is None else event_time.decode_rejection(entry)
+            if found is not None:
+                dead.append(reject(batch, i, event_time.STAGE, *found))
+                gone.append(i)
+        return np.asarray(gone, np.intp)
+
+    def _score_deployed(
+        self, batch: EventBatch, keys: list[bytes], values: list[bytes]
+    ) -> ScoredBatch:
+        """Score with the deployment's models: the candidate's users apart from the rest.
+
+        What is to be written is appended to `keys` and `values`.
+        """
         dep = self.deployment
-        if dep.candidate is None:
-            return self._score(batch, dep.primary)
+        if dep.candidate is None or len(batch) == 0:
+            return self._score(batch, dep.primary, keys, values)
         mask = dep.on_candidate(batch.user_ids)
         parts = []
         for idx, model in (
@@ -103,31 +171,55 @@ class PartitionScorer:
             (np.flatnonzero(mask), dep.candidate),
         ):
             if len(idx):
-                parts.append((idx, self._score(batch.take(idx), model)))
-        return _interleave(parts, len(batch))
+                part = self._score(batch.take(idx), model, keys, values)
+                if part.dead_letters:  # place only what it scored
+                    gone = [d.origin.offset for d in part.dead_letters]
+                    idx = idx[~np.isin(batch.offsets[idx], gone)]
+                parts.append((idx, part))
+        return _interleave(parts)
 
-    def _score(self, batch: EventBatch, model: LoadedModel) -> ScoredBatch:
+    def _score(
+        self, batch: EventBatch, model: LoadedModel, keys: list[bytes], values: list[bytes]
+    ) -> ScoredBatch:
+        if len(batch) == 0:
+            return _empty()
         g = self._groups(batch)
-        keys = [user_key(u) for u in g.users]
-        st = decode(self.store.get_many(keys), self.window, model.hidden_size, model.tag)
-        applied, dirty, prob, expired, infer = self._apply_waves(batch, g, st, model)
+        user_keys = [user_key(u) for u in g.users]
+        st = decode(self.store.get_many(user_keys), self.window, model.hidden_size, model.tag)
+        fate, late, dirty, prob, expired, late_ok, infer = self._apply_waves(batch, g, st, model)
         lines, latency = self._lines(batch, prob, model)
-        replayed = np.flatnonzero(~applied).tolist()
+        replayed = np.flatnonzero(fate == _FENCED).tolist()
         # The outbox gets the lines of the events applied now; replays read theirs back.
         fresh_lines, fresh_offsets = lines, batch.offsets
-        if replayed:
-            self._read_outbox(batch, replayed, lines, prob, latency)
-            fresh = np.flatnonzero(applied)
+        if replayed or late:
+            if replayed:
+                self._read_outbox(batch, replayed, lines, prob, latency)
+            fresh = np.flatnonzero(fate == _APPLIED)
             fresh_lines, fresh_offsets = [lines[i] for i in fresh.tolist()], batch.offsets[fresh]
-        # One atomic write: records of changed users, outbox entries, the high-water mark.
-        self.high_water = max(self.high_water, int(batch.offsets.max()) + 1)
         d = np.flatnonzero(dirty)
-        if len(d):
-            self.store.write(
-                [keys[j] for j in d.tolist()] + outbox_keys(fresh_offsets) + [HIGH_WATER_KEY],
-                encode(st.take(d), model.tag) + fresh_lines + [self.high_water.to_bytes(8, "big")],
+        keys += [user_keys[j] for j in d.tolist()] + outbox_keys(fresh_offsets)
+        values += encode(st.take(d), model.tag) + fresh_lines
+        dead: list[DeadLetter] = []
+        for i, reason in sorted(late.items()):
+            dead.append(reject(batch, i, event_time.STAGE, event_time.TOO_LATE, reason))
+            keys.append(outbox_key(int(batch.offsets[i])))
+            values.append(event_time.encode_rejection(event_time.TOO_LATE, reason))
+        if late:  # only the scored events go on
+            kept = np.flatnonzero(fate != _USER_LATE)
+            at = kept.tolist()
+            return ScoredBatch(
+                user_ids=[batch.user_ids[i] for i in at],
+                lines=[lines[i] for i in at],
+                latencies_ms=latency[kept],
+                probabilities=prob[kept],
+                labels=batch.labels[kept],
+                replayed=len(replayed),
+                expired=expired,
+                inference_seconds=infer,
+                dead_letters=dead,
+                late_accepted=late_ok,
+                scores={model.label: prob[fate == _APPLIED]},
             )
-        self.watermark = max(self.watermark, float(batch.timestamps.max()))
         return ScoredBatch(
             user_ids=batch.user_ids,
             lines=lines,
@@ -137,7 +229,8 @@ class PartitionScorer:
             replayed=len(replayed),
             expired=expired,
             inference_seconds=infer,
-            scores={model.label: prob[applied] if replayed else prob},
+            late_accepted=late_ok,
+            scores={model.label: prob[fate == _APPLIED] if replayed else prob},
         )
 
     def _groups(self, batch: EventBatch) -> _Groups:
@@ -167,17 +260,22 @@ class PartitionScorer:
 
     def _apply_waves(
         self, b: EventBatch, g: _Groups, st: UserStates, model: LoadedModel
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, list[float]]:
-        """Run every user's k-th event in wave k: fence, expire, features, one model call.
+    ) -> tuple[np.ndarray, dict[int, str], np.ndarray, np.ndarray, int, int, list[float]]:
+        """Run every user's k-th event in wave k: fence, expire, lateness, features, one model call.
 
-        Returns which events were applied, which users changed, the probabilities,
-        the number of TTL expiries and the duration of each model call.
+        Returns what became of each event (`_APPLIED`, `_FENCED`, `_USER_LATE`), the
+        reasons of the too-late ones, which users changed, the probabilities, the
+        number of TTL expiries, of late events scored, and the duration of each
+        model call.
         """
         n = len(b)
         prob = np.zeros(n, np.float32)
-        applied = np.zeros(n, bool)
+        fate = np.full(n, _APPLIED, np.int8)
+        late: dict[int, str] = {}
         dirty = np.zeros(len(g.users), bool)
         expired_total = 0
+        late_ok = 0
+        lateness = self.policy.allowed_lateness
         infer: list[float] = []
         order = np.argsort(g.wave_of, kind="stable")
         bounds = np.searchsorted(g.wave_of[order], np.arange(int(g.wave_of.max()) + 2))
@@ -186,36 +284,54 @@ class PartitionScorer:
             r = g.row_of[e]
             fresh = b.offsets[e] > st.last_offset[r]  # replays were applied the first time
             if not fresh.all():
+                fate[e[~fresh]] = _FENCED
                 e, r = e[fresh], r[fresh]
                 if len(e) == 0:
                     continue
-            expired = (st.count[r] > 0) & (b.timestamps[e] - st.last_ts[r] > self.ttl)
+            ts = b.timestamps[e]
+            expired = (st.count[r] > 0) & (ts - st.last_ts[r] > self.ttl)
             if expired.any():
                 st.reset(r[expired])
                 expired_total += int(expired.sum())
+            behind = (st.count[r] > 0) & (ts < st.last_ts[r])
+            if behind.any():
+                too_late = behind & (ts < st.last_ts[r] - lateness)
+                if too_late.any():
+                    for i, t, last in zip(
+                        e[too_late].tolist(),
+                        ts[too_late].tolist(),
+                        st.last_ts[r[too_late]].tolist(),
+                        strict=True,
+                    ):
+                        fate[i] = _USER_LATE
+                        late[i] = event_time.behind_user_reason(t, last, lateness)
+                    e, r, ts = e[~too_late], r[~too_late], ts[~too_late]
+                    if len(e) == 0:
+                        continue
+                late_ok += int(behind.sum()) - int(too_late.sum())
             feats = compute_features(
                 st.amounts[r],
                 st.merchants[r],
                 st.count[r],
                 st.last_ts[r],
                 b.amounts[e],
-                b.timestamps[e],
+                ts,
                 g.merchant[e],
             )
-            t = time.perf_counter()
+            t0 = time.perf_counter()
             p, h = model.predict(feats, st.hidden[r] if model.hidden_size else None)
-            infer.append(time.perf_counter() - t)
+            infer.append(time.perf_counter() - t0)
             prob[e] = p
             if h is not None:
                 st.hidden[r] = h
             st.amounts[r], st.merchants[r], st.count[r] = push(
                 st.amounts[r], st.merchants[r], st.count[r], b.amounts[e], g.merchant[e]
             )
-            st.last_ts[r] = b.timestamps[e]
+            # A late event (within the lateness) never moves its user's clock backwards.
+            st.last_ts[r] = np.maximum(st.last_ts[r], ts)
             st.last_offset[r] = b.offsets[e]
-            applied[e] = True
             dirty[r] = True
-        return applied, dirty, prob, expired_total, infer
+        return fate, late, dirty, prob, expired_total, late_ok, infer
 
     def _lines(
         self, b: EventBatch, prob: np.ndarray, model: LoadedModel
@@ -273,19 +389,23 @@ class PartitionScorer:
     def sweep(self, start: bytes, limit: int, safe_offset: int) -> tuple[bytes | None, int]:
         """Delete expired user records in one chunk of the key space.
 
-        A record is deleted when its last event is older than the TTL (plus a day of
-        grace for late events) at the partition's watermark, and its last offset is
-        below `safe_offset`, the oldest offset a resume could replay from, so a
-        replayed event never meets a record the first run still had.
+        A record is deleted when its last event is older than the TTL plus the
+        allowed lateness at the partition's event-time clock: every event still
+        admitted later is at most the lateness behind that clock, so it would find
+        the record expired anyway, and deleting it changes no decision. Its last
+        offset must also be below `safe_offset`, the oldest offset a resume could
+        replay from, so a replayed event never meets a record the first run still had.
 
         Returns the key to continue from (None after the last user) and the count deleted.
         """
+        cutoff = self.clock.now - self.ttl - self.policy.allowed_lateness
+        if cutoff == -math.inf:
+            return None, 0  # the clock is not defined yet: nothing can be stale
         end = bytes([USER_PREFIX[0] + 1])
         items = self.store.scan(start, end, limit)
         if not items:
             return None, 0
         heads = decode_headers([v for _, v in items])
-        cutoff = self.watermark - self.ttl - 86400.0
         stale = (heads["last_ts"] < cutoff) & (heads["last_offset"] < safe_offset)
         doomed = [items[i][0] for i in np.flatnonzero(stale).tolist()]
         if doomed:
@@ -293,6 +413,15 @@ class PartitionScorer:
             self.store.write([REPLAY_FLOOR_KEY], [safe_offset.to_bytes(8, "big")], doomed)
         nxt = items[-1][0] + b"\x00"
         return (nxt if len(items) == limit else None), len(doomed)
+
+
+def _merge_scores(parts: list[ScoredBatch]) -> dict[str, np.ndarray]:
+    """Join the per-model probabilities of several batches."""
+    grouped: dict[str, list[np.ndarray]] = {}
+    for part in parts:
+        for label, probs in part.scores.items():
+            grouped.setdefault(label, []).append(probs)
+    return {k: v[0] if len(v) == 1 else np.concatenate(v) for k, v in grouped.items()}
 
 
 def _concat(parts: list[ScoredBatch]) -> ScoredBatch:
@@ -308,34 +437,53 @@ def _concat(parts: list[ScoredBatch]) -> ScoredBatch:
         replayed=sum(p.replayed for p in parts),
         expired=sum(p.expired for p in parts),
         inference_seconds=[t for p in parts for t in p.inference_seconds],
+        dead_letters=[d for p in parts for d in p.dead_letters],
+        late_accepted=sum(p.late_accepted for p in parts),
         scores=_merge_scores(parts),
     )
 
 
-def _interleave(parts: list[tuple[np.ndarray, ScoredBatch]], n: int) -> ScoredBatch:
-    """Merge batches scored apart (one per model) back into input order."""
+def _interleave(parts: list[tuple[np.ndarray, ScoredBatch]]) -> ScoredBatch:
+    """Merge batches scored apart (one per model) back into input order.
+
+    Each part comes with the input positions of the events it scored.
+    """
     if len(parts) == 1:
         return parts[0][1]
-    user_ids: list[str] = [""] * n
-    lines: list[bytes] = [b""] * n
-    latencies = np.empty(n, np.float64)
-    probs = np.empty(n, np.float32)
-    labels = np.empty(n, np.int8)
-    for idx, part in parts:
-        for j, i in enumerate(idx.tolist()):
-            user_ids[i] = part.user_ids[j]
-            lines[i] = part.lines[j]
-        latencies[idx] = part.latencies_ms
-        probs[idx] = part.probabilities
-        labels[idx] = part.labels
+    order = np.argsort(np.concatenate([idx for idx, _ in parts]), kind="stable")
+    at = order.tolist()
+    user_ids = [u for _, p in parts for u in p.user_ids]
+    lines = [line for _, p in parts for line in p.lines]
     return ScoredBatch(
-        user_ids=user_ids,
-        lines=lines,
-        latencies_ms=latencies,
-        probabilities=probs,
-        labels=labels,
+        user_ids=[user_ids[i] for i in at],
+        lines=[lines[i] for i in at],
+        latencies_ms=np.concatenate([p.latencies_ms for _, p in parts])[order],
+        probabilities=np.concatenate([p.probabilities for _, p in parts])[order],
+        labels=np.concatenate([p.labels for _, p in parts])[order],
         replayed=sum(p.replayed for _, p in parts),
         expired=sum(p.expired for _, p in parts),
         inference_seconds=[t for _, p in parts for t in p.inference_seconds],
+        dead_letters=sorted(
+            [d for _, p in parts for d in p.dead_letters], key=lambda d: d.origin.offset
+        ),
+        late_accepted=sum(p.late_accepted for _, p in parts),
         scores=_merge_scores([p for _, p in parts]),
     )
+
+
+def _empty() -> ScoredBatch:
+    """A batch that scored nothing."""
+    return ScoredBatch(
+        user_ids=[],
+        lines=[],
+        latencies_ms=np.empty(0, np.float64),
+        probabilities=np.empty(0, np.float32),
+        labels=np.empty(0, np.int8),
+        replayed=0,
+        expired=0,
+    )
+
+
+def _with_dead_letters(scored: ScoredBatch, dead: list[DeadLetter]) -> ScoredBatch:
+    """`scored` with these dead letters instead of its own."""
+    return dataclasses.replace(scored, dead_letters=dead)

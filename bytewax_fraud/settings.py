@@ -25,7 +25,7 @@ _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _DEVICE = re.compile(r"^(cpu|auto|cuda(:\d+)?)$")
 
 
-def parse_duration(value: object) -> float:
+def parse_duration(value: object, allow_zero: bool = False) -> float:
     """Seconds from a number or a string like '30d', '12h', '90m', '45s', '3600'."""
     if isinstance(value, bool):
         raise ValueError("expected a duration like 30d, 12h, 90m or seconds")
@@ -36,7 +36,7 @@ def parse_duration(value: object) -> float:
         if not m:
             raise ValueError("expected a duration like 30d, 12h, 90m or seconds")
         seconds = float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
-    if seconds <= 0:
+    if seconds < 0 or (seconds == 0 and not allow_zero):
         raise ValueError("the duration must be positive")
     return seconds
 
@@ -66,6 +66,20 @@ class Settings(BaseSettings):
     window: int = Field(10, ge=2, le=255, description="amounts kept per user")
     state_ttl: float = Field(
         30 * 86400.0, description="idle time after which a user starts fresh (e.g. 30d, 12h)"
+    )
+    max_future_skew: float = Field(
+        3600.0,
+        description=(
+            "events further ahead of the record's source timestamp and of the partition's"
+            " event-time clock become TimestampTooFarAhead dead letters (e.g. 1h)"
+        ),
+    )
+    allowed_lateness: float = Field(
+        86400.0,
+        description=(
+            "events further behind their user's last event or the partition's event-time"
+            " clock become TimestampTooLate dead letters (e.g. 1d; 0: none)"
+        ),
     )
     batch_max: int = Field(1024, ge=1, le=100_000, description="largest inference batch")
     batch_timeout_ms: float = Field(
@@ -103,6 +117,17 @@ class Settings(BaseSettings):
     fault_kill_at_snapshot: int | None = Field(
         None, ge=1, description="testing only: SIGKILL the process inside its Nth snapshot"
     )
+    fault_inputs_every: int | None = Field(
+        None,
+        ge=2,
+        description=(
+            "testing only: the generator puts a misbehaving event (late, early, misrouted) at"
+            " every Nth offset of each partition (see fault_inputs.py)"
+        ),
+    )
+    fault_inputs_twin: bool = Field(
+        False, description="testing only: leave those offsets empty instead (the clean twin)"
+    )
     control_file: Path | None = Field(
         None, description="JSON Lines file of model-control commands, tailed while running"
     )
@@ -120,10 +145,15 @@ class Settings(BaseSettings):
     )
     outputs: Literal["files", "stdout"] = Field("files", description="files or stdout")
 
-    @field_validator("state_ttl", mode="before")
+    @field_validator("state_ttl", "max_future_skew", mode="before")
     @classmethod
     def _ttl(cls, v: object) -> float:
         return parse_duration(v)
+
+    @field_validator("allowed_lateness", mode="before")
+    @classmethod
+    def _lateness(cls, v: object) -> float:
+        return parse_duration(v, allow_zero=True)
 
     @field_validator("device")
     @classmethod

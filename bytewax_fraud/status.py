@@ -112,14 +112,17 @@ class RunStats:
     partition_expired: Counter[int] = field(default_factory=Counter)
     #: Predicted probabilities of freshly scored events, per model label (id@sha256 prefix).
     scores: dict[str, Histogram] = field(default_factory=dict)
-    #: Per state partition: largest event time seen (epoch s), the event-time watermark.
-    watermarks: dict[int, float] = field(default_factory=dict)
     #: Per input partition: (next offset to read, offset one past the last available).
     inputs: dict[int, tuple[int, int]] = field(default_factory=dict)
     #: Per state partition: (wall-clock end, duration in s) of its last completed snapshot.
     last_snapshot: dict[int, tuple[float, float]] = field(default_factory=dict)
     #: Per state partition: bytes its store takes on disk (measured at each snapshot).
     partition_bytes: dict[int, int] = field(default_factory=dict)
+    #: Events scored although older than their user's last event (within the lateness).
+    late_accepted: int = 0
+    #: Each partition's event-time clock, epoch s (absent until defined; event_time.py):
+    #: its event-time watermark, robust to a few outlying timestamps.
+    event_clock: dict[int, float] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
     total: _Window = field(default_factory=_Window)
     interval: _Window = field(default_factory=_Window)
@@ -136,12 +139,10 @@ class RunStats:
         partition: int = 0,
         inference_seconds: list[float] | None = None,
         scores: dict[str, np.ndarray] | None = None,
-        watermark: float | None = None,
     ) -> None:
         """Count a scored batch (replayed events carry NaN latency and are not timed).
 
-        `scores` holds the probabilities of the freshly scored events per model label;
-        `watermark` is the partition's event-time watermark after the batch.
+        `scores` holds the probabilities of the freshly scored events per model label.
         """
         lat = latencies_ms[~np.isnan(latencies_ms)]
         # Same bins as np.histogram(lat, _EDGES), without its per-call overhead.
@@ -164,14 +165,31 @@ class RunStats:
                 if h_score is None:
                     h_score = self.scores[label] = Histogram(SCORE_BUCKETS)
                 h_score.observe(probs)
-            if watermark is not None:
-                self.watermarks[partition] = watermark
             for w in (self.total, self.interval):
                 w.events += len(latencies_ms)
                 w.hist += h
             self.true_pos += int(np.count_nonzero(flagged & fraud))
             self.false_pos += int(np.count_nonzero(flagged & labelled & ~fraud))
             self.false_neg += int(np.count_nonzero(~flagged & fraud))
+
+    def record_event_time(self, partition: int, clock: float, late_accepted: int) -> None:
+        """A partition's event-time clock after a batch, and its late events scored."""
+        with self.lock:
+            if clock != float("-inf"):
+                self.event_clock[partition] = clock
+            self.late_accepted += late_accepted
+
+    def rejected(self) -> dict[str, int]:
+        """Dead letters of the input checks: too late, too early (far ahead), misrouted.
+
+        The caller holds the lock.
+        """
+        d = self.dead_letters
+        return {
+            "too_late": d["TimestampTooLate"],
+            "too_early": d["TimestampTooFarAhead"],
+            "misrouted": d["WrongPartition"],
+        }
 
     def record_snapshot(
         self, partition: int, seconds: float, keys: int, disk_bytes: int | None = None
@@ -214,9 +232,12 @@ class RunStats:
             self.interval = _Window()
             self.interval_started = now
             dead = sum(self.dead_letters.values())
+            r = self.rejected()
             return (
                 f"[fraud] {rate:,.0f} ev/s | scored {self.scored:,} | p99 {p99:.1f} ms |"
-                f" dead letters {dead:,} | replayed {self.replayed:,} | model {self.model}"
+                f" dead letters {dead:,} (late {r['too_late']:,}, early {r['too_early']:,},"
+                f" misrouted {r['misrouted']:,}) | late scored {self.late_accepted:,} |"
+                f" replayed {self.replayed:,} | model {self.model}"
             )
 
     def summary(self) -> dict[str, object]:
@@ -228,6 +249,8 @@ class RunStats:
                 "scored": self.scored,
                 "replayed": self.replayed,
                 "dead_letters": dict(self.dead_letters),
+                **self.rejected(),
+                "late_accepted": self.late_accepted,
                 "expired": self.expired,
                 "swept": self.swept,
                 "delivery_failures": self.delivery_failures,
@@ -277,7 +300,9 @@ def format_summary(summary: dict[str, object]) -> str:
         f"[fraud] {verb}: scored {summary['scored']:,} events in {summary['elapsed_s']} s"
         f" ({summary['events_per_s']:,} ev/s); latency p50 {summary['p50_ms']:.2f} ms,"
         f" p99 {summary['p99_ms']:.2f} ms; replayed {summary['replayed']:,};"
-        f" dead letters {dl or 0}; expired {summary['expired']:,};"
+        f" dead letters {dl or 0} (late {summary['too_late']:,}, early {summary['too_early']:,},"
+        f" misrouted {summary['misrouted']:,}); late scored {summary['late_accepted']:,};"
+        f" expired {summary['expired']:,};"
         f" precision@0.5 {summary['precision']}, recall@0.5 {summary['recall']};"
         f" model {summary['model']}"
         + (f"; input lost {summary['input_lost']:,}" if summary.get("input_lost") else "")

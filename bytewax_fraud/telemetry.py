@@ -65,6 +65,7 @@ class StatsCollector(Collector):
                 "expired": s.expired,
                 "swept": s.swept,
                 "delivery_failures": s.delivery_failures,
+                "late_accepted": s.late_accepted,
             }
             model, rollout = s.model, s.rollout
             hists = [
@@ -93,7 +94,7 @@ class StatsCollector(Collector):
             part_expired = dict(s.partition_expired)
             input_lost = dict(s.input_lost)
             scores = [(label, _buckets(h), h.sum) for label, h in sorted(s.scores.items())]
-            watermarks = dict(s.watermarks)
+            watermarks = dict(s.event_clock)
             inputs = dict(s.inputs)
             last_snapshot = dict(s.last_snapshot)
             disk = dict(s.partition_bytes)
@@ -120,6 +121,11 @@ class StatsCollector(Collector):
             ("expired", "Users whose state had passed the TTL when their next event came"),
             ("swept", "Expired user records deleted by the TTL sweep"),
             ("delivery_failures", "Messages a producer could not deliver (the run then fails)"),
+            (
+                "late_accepted",
+                "Events scored although older than their user's last event (within the"
+                " allowed lateness); rejected ones are dead letters TimestampTooLate",
+            ),
         ):
             c = CounterMetricFamily(f"fraud_{name}", doc)
             c.add_metric([], values[name])
@@ -188,7 +194,8 @@ def _freshness(
     )
     yield _per_partition(
         "fraud_event_time_watermark_timestamp_seconds",
-        "Largest event time a state partition has scored (its event-time watermark), epoch s",
+        "A state partition's event-time clock (epoch s), robust to outlying timestamps:"
+        " it drives the TTL sweep and the lateness check (docs/event-time.md)",
         watermarks,
     )
     yield _per_partition(

@@ -230,7 +230,7 @@ whole per-user sequences; stateless: {cfg.stateless_epochs} epochs; torch seed {
 
 Generator seed {ev["config"]["seed"]}, {ev["config"]["users"]} users, first {ev["config"]["events"]}
 events ({ev["fraud_events"]} fraud). The rule scores amount / rolling mean of the window.
-Reproduce with `PYTHONPATH=. python -m models.evaluate` (`tests/test_models.py` does).
+Reproduce with `PYTHONPATH=. python -m models.evaluate` (`tests/unit/models/test_models.py` does).
 
 | Model | ROC-AUC | PR-AUC | Recall @ 1% FPR |
 |---|---|---|---|

@@ -81,14 +81,31 @@ def _load_bad_corpus() -> list[dict[str, Any]]:
     return cases
 
 
+#: Stages of the cases that are bad wherever they arrive (parsing rejects them).
+PARSE_STAGES = frozenset({"decode", "validate"})
+
+
 @pytest.fixture(scope="session")
 def bad_corpus() -> list[dict[str, Any]]:
-    """Every kind of bad input in tests/data/bad_inputs.jsonl.
+    """Every kind of input that parsing rejects, from tests/data/bad_inputs.jsonl.
 
     Each item has ``kind``, ``value_b64``, ``value`` (the decoded raw bytes),
     ``stage`` and ``reason_contains``.
     """
-    return _load_bad_corpus()
+    return [c for c in _load_bad_corpus() if c["stage"] in PARSE_STAGES]
+
+
+@pytest.fixture(scope="session")
+def context_corpus() -> list[dict[str, Any]]:
+    """The corpus's valid events that lie about when or where they belong.
+
+    Besides the fields of `bad_corpus` each has ``error_class`` and ``context``,
+    where it is bad (see `test_parse.CONTEXTS`): ``source-clock`` (a source whose
+    record timestamps are years before the event), ``partition-clock`` (once the
+    partition clock is defined, after 2000) or ``key`` (produced keyed by
+    ``key_b64``, murmur2, 4 partitions).
+    """
+    return [c for c in _load_bad_corpus() if c["stage"] not in PARSE_STAGES]
 
 
 @pytest.fixture(scope="session")

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
 
 from bytewax_fraud.errors import FraudError, StateError
+from bytewax_fraud.event_time import CLOCK_KEY, PartitionClock, iso
 from bytewax_fraud.partitioning import partition_for
 from bytewax_fraud.state.base import USER_PREFIX, user_key
 from bytewax_fraud.state.codec import decode_one
@@ -43,23 +45,27 @@ def show(state_dir: Path, user_id: str) -> dict[str, object] | None:
 
 
 def stats(state_dir: Path) -> dict[str, object]:
-    """Users and outbox entries per partition."""
+    """Users, outbox entries and the event-time clock of each partition."""
     partitions = _manifest(state_dir)["partitions"]
-    per = {}
+    per: dict[int, dict[str, int | str | None]] = {}
     for p in range(partitions):
         path = partition_dir(state_dir, p)
         if not path.exists():
-            per[p] = {"users": 0, "outbox": 0}
+            per[p] = {"users": 0, "outbox": 0, "event_clock": None}
             continue
         store = RocksStore(path)
         try:
+            (clock,) = store.get_many([CLOCK_KEY])
+            now = PartitionClock.from_bytes(clock).now
             per[p] = {
                 "users": _count(store, USER_PREFIX),
                 "outbox": _count(store, b"o"),
+                # The partition's event-time clock (docs/event-time.md); None until defined.
+                "event_clock": None if now == -math.inf else iso(now),
             }
         finally:
             store.close()
-    total = sum(v["users"] for v in per.values())
+    total = sum(int(v["users"] or 0) for v in per.values())
     return {"partitions": partitions, "users": total, "per_partition": per}
 
 

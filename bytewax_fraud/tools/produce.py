@@ -5,7 +5,14 @@
 Each event is keyed by its user id and placed by Kafka's default partitioner
 (murmur2), which is how the job expects its input: Kafka partition p holds the
 users of state partition p. The placement of every delivered message is
-checked against `partitioning.partition_for`.
+checked against `partitioning.partition_for`. `--partitioner consistent_random`
+(librdkafka's own default, CRC32) shows what a misconfigured producer does: most
+users land on other partitions, and the job rejects their events as
+`WrongPartition` dead letters.
+
+Each record's Kafka timestamp is the event's own time (`--timestamps event`, a
+replay of recorded data), or the producer's clock (`--timestamps now`). The job
+rejects events too far ahead of their record's timestamp (`FRAUD_MAX_FUTURE_SKEW`).
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import argparse
 import base64
 import itertools
 import json
+import re
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -31,6 +39,20 @@ from bytewax_fraud.partitioning import partition_for
 from bytewax_fraud.settings import Settings, load_settings
 
 _USER = b'"user_id":"'
+_TIMESTAMP = re.compile(rb'"timestamp":(-?[0-9.eE+]+)[,}]')
+#: librdkafka partitioners that hash the key with murmur2 (Kafka's default).
+MURMUR2 = frozenset({"murmur2", "murmur2_random"})
+
+
+def event_time_ms(value: bytes) -> int | None:
+    """The epoch-seconds `timestamp` of an event, in ms (None: none found, e.g. a bad input)."""
+    m = _TIMESTAMP.search(value)
+    if m is None:
+        return None
+    try:
+        return round(float(m.group(1)) * 1000)
+    except (ValueError, OverflowError):
+        return None
 
 
 def user_key(value: bytes) -> bytes:
@@ -105,18 +127,34 @@ def produce(
     topic: str,
     partitions: int,
     messages: Iterable[tuple[bytes | None, bytes]],
+    *,
+    event_timestamps: bool = True,
+    expect_murmur2: bool = True,
 ) -> PlacementChecker:
     """Produce every (key, value) to `topic`, flush, and check delivery and placement.
+
+    Args:
+        config: Producer properties.
+        topic: The topic.
+        partitions: Its partition count.
+        messages: (key, value) pairs.
+        event_timestamps: Stamp each record with its event's time (a message
+            without one gets the previous message's); else the producer's clock.
+        expect_murmur2: Fail if a keyed message lands elsewhere than murmur2 says
+            (off: only count them, to show a misconfigured producer).
 
     Raises:
         KafkaDeliveryError: A message was not delivered, or not placed by murmur2.
     """
     producer = Producer(config)
     check = PlacementChecker(partitions)
+    stamp = 0  # 0: the producer's clock
     for n, (key, value) in enumerate(messages, 1):
+        if event_timestamps:
+            stamp = event_time_ms(value) or stamp
         while True:
             try:
-                producer.produce(topic, value, key, on_delivery=check)
+                producer.produce(topic, value, key, on_delivery=check, timestamp=stamp)
                 break
             except BufferError:
                 producer.poll(0.05)
@@ -127,7 +165,7 @@ def produce(
         raise KafkaDeliveryError(
             f"{check.failed} message(s) not delivered to {topic!r} (first: {check.first_error})"
         )
-    if check.misplaced:
+    if check.misplaced and expect_murmur2:
         raise KafkaDeliveryError(
             f"{check.misplaced} message(s) landed in another partition than murmur2(key) says:"
             " remove any 'partitioner' override from the Kafka properties"
@@ -163,6 +201,18 @@ def _parser(defaults: Settings) -> argparse.ArgumentParser:
         help="JSON Lines of bad inputs, one value_b64 per line (tests/data/bad_inputs.jsonl)",
     )
     p.add_argument("--bad-every", type=int, default=100, help="one bad input after every N events")
+    p.add_argument(
+        "--partitioner",
+        default="murmur2_random",
+        help="librdkafka partitioner (default murmur2_random, Kafka's; consistent_random or"
+        " random show what the job does with a misconfigured producer: WrongPartition)",
+    )
+    p.add_argument(
+        "--timestamps",
+        choices=("event", "now"),
+        default="event",
+        help="record timestamps: the event's own time (default) or the producer's clock",
+    )
     p.add_argument("--bootstrap-servers", help="brokers host:port,... (KAFKA_BOOTSTRAP_SERVERS)")
     return p
 
@@ -197,13 +247,37 @@ def main(argv: list[str] | None = None) -> int:
         )
         if args.bad_inputs:
             messages = interleave(messages, bad_inputs(args.bad_inputs), max(args.bad_every, 1))
+        config = {**kafka_connection(s).producer(), "partitioner": args.partitioner}
+        murmur2 = args.partitioner in MURMUR2
+        print(
+            f"producer: key = user_id, partitioner = {args.partitioner}"
+            + (
+                " (Kafka's default: what the job expects)"
+                if murmur2
+                else " (NOT murmur2: users land on other partitions than their state's, and"
+                " the job rejects their events as WrongPartition dead letters; fix: key by"
+                " user_id with partitioner=murmur2_random)"
+            ),
+            file=sys.stderr,
+        )
         t0 = time.monotonic()
-        check = produce(kafka_connection(s).producer(), args.topic, partitions, messages)
+        check = produce(
+            config,
+            args.topic,
+            partitions,
+            messages,
+            event_timestamps=args.timestamps == "event",
+            expect_murmur2=murmur2,
+        )
         took = time.monotonic() - t0
+        placed = (
+            "every keyed message is in its murmur2 partition"
+            if not check.misplaced
+            else f"{check.misplaced:,} messages are NOT in their user's murmur2 partition"
+        )
         print(
             f"wrote {check.delivered:,} messages to {args.topic!r} ({partitions} partitions)"
-            f" in {took:.1f} s ({check.delivered / max(took, 1e-9):,.0f} msg/s);"
-            " every keyed message is in its murmur2 partition",
+            f" in {took:.1f} s ({check.delivered / max(took, 1e-9):,.0f} msg/s); {placed}",
             file=sys.stderr,
         )
         return 0

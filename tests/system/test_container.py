@@ -1,7 +1,7 @@
 """The Dockerfile, tested without a container engine.
 
 This checks what can be checked without building the image, as close to it as possible
-(tests/test_container_image.py builds and runs the real image with podman):
+(tests/system/test_container_image.py builds and runs the real image with podman):
 
 - hadolint passes on the Dockerfile;
 - the final stages run as a non-root numeric user, declare the data volumes, and start

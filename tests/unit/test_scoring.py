@@ -11,6 +11,7 @@ import onnxruntime as ort
 import pytest
 
 from bytewax_fraud.connectors.generator import TransactionGenerator
+from bytewax_fraud.event_time import TimePolicy
 from bytewax_fraud.features import N_FEATURES, compute_features, merchant_code
 from bytewax_fraud.inference.runtime import LoadedModel, load_model
 from bytewax_fraud.parse import parse_message
@@ -159,7 +160,8 @@ def test_replayed_events_are_not_applied_twice_and_emit_identical_lines(gru: Loa
 
 def test_idle_user_starts_fresh_and_sweep_deletes_expired(gru: LoadedModel) -> None:
     store = MemoryStore()
-    scorer = PartitionScorer(0, store, gru, 10, ttl_seconds=7 * DAY)
+    # A clock of rank 1 (the newest event) so that one event moves it (the default needs 100).
+    scorer = PartitionScorer(0, store, gru, 10, ttl_seconds=7 * DAY, policy=TimePolicy(rank=1))
     scorer.score(
         [
             event("old", 50.0, T0, "m1", 0),
@@ -175,7 +177,7 @@ def test_idle_user_starts_fresh_and_sweep_deletes_expired(gru: LoadedModel) -> N
     assert strip_latency(late.lines) == strip_latency(newcomer.lines)
     assert decode_one(store.get_many([user_key("old")])[0] or b"")["count"] == 1
 
-    # Advance the watermark far beyond "keep"'s TTL (+ a day of grace): the sweep deletes it,
+    # Advance the clock far beyond "keep"'s TTL (+ a day of lateness): the sweep deletes it,
     # but only once its last offset is below the replay-safe offset.
     scorer.score([event("other", 1.0, T0 + 30 * DAY, "m4", 4)])
     cursor, deleted = scorer.sweep(b"u", 100, safe_offset=2)
@@ -188,7 +190,7 @@ def test_idle_user_starts_fresh_and_sweep_deletes_expired(gru: LoadedModel) -> N
 
 def test_sweep_walks_the_key_space_in_chunks(gru: LoadedModel) -> None:
     store = MemoryStore()
-    scorer = PartitionScorer(0, store, gru, 10, ttl_seconds=DAY)
+    scorer = PartitionScorer(0, store, gru, 10, ttl_seconds=DAY, policy=TimePolicy(rank=1))
     scorer.score([event(f"u{i:03d}", 9.0, T0, "m", i) for i in range(25)])
     scorer.score([event("late", 9.0, T0 + 10 * DAY, "m", 25)])
     cursor: bytes | None = b"u"

@@ -222,3 +222,25 @@ def test_metrics_port_setting(monkeypatch: pytest.MonkeyPatch) -> None:
         load_settings()
     monkeypatch.delenv("FRAUD_METRICS_PORT")
     assert load_settings().metrics_port is None
+
+
+def test_event_time_counts_and_clock_are_exported_and_shown() -> None:
+    stats = RunStats(model="m@abc")
+    stats.record_event_time(2, 1_767_225_600.0, 3)
+    stats.record_event_time(3, float("-inf"), 0)  # a partition whose clock is not defined yet
+    stats.record_dead_letters(["TimestampTooLate", "TimestampTooFarAhead", "WrongPartition"] * 2)
+    stats.record_dead_letters(["WrongPartition"])
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StatsCollector(stats))
+    m = parse(generate_latest(registry).decode())
+    assert value(m, "fraud_late_accepted_total") == 3
+    assert (
+        value(m, "fraud_event_time_watermark_timestamp_seconds", partition="2") == 1_767_225_600.0
+    )
+    assert ("fraud_event_time_watermark_timestamp_seconds", (("partition", "3"),)) not in m
+    assert value(m, "fraud_dead_letters_total", reason="WrongPartition") == 3
+    line = stats.status_line()
+    assert "dead letters 7 (late 2, early 2, misrouted 3) | late scored 3" in line
+    summary = stats.summary()
+    assert (summary["too_late"], summary["too_early"], summary["misrouted"]) == (2, 2, 3)
+    assert summary["late_accepted"] == 3

@@ -24,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bytewax_fraud.connectors.generator_source import GeneratorSource
 from bytewax_fraud.connectors.kafka.admin import admin_client, create_topic
 from bytewax_fraud.connectors.kafka.source import KafkaPartitionReader
+from bytewax_fraud.event_time import CLOCK_RANK
 from bytewax_fraud.job import build_dataflow
 from bytewax_fraud.settings import load_settings
 from bytewax_fraud.state.manifest import partition_dir
@@ -59,8 +60,8 @@ def test_collector_exports_lag_and_freshness_exactly() -> None:
         expired=0,
         partition=2,
         scores={"a@1": np.array([0.0005, 0.6]), "b@2": np.array([0.3])},
-        watermark=1_000.0,
     )
+    stats.record_event_time(2, 1_000.0, late_accepted=0)
     stats.record_snapshot(2, 0.25, keys=10, disk_bytes=4096)
     snapshot_at = stats.last_snapshot[2][0]
     m = collect(stats, now=snapshot_at + 7.0)
@@ -111,7 +112,7 @@ def test_bounded_generator_lag_counts_down_to_zero() -> None:
 
 
 def test_run_metrics_match_the_outputs(tmp_path: Path, model_dir: Path) -> None:
-    """A run with a 50 % candidate: per-model scores, watermarks, lag 0, store bytes."""
+    """A run with a 50 % candidate: per-model scores, event-time clocks, lag 0, store bytes."""
     control = tmp_path / "control.jsonl"
     command = {"command": "load", "model_id": "canary", "path": "stateless.onnx", "rollout": 0.5}
     control.write_text(json.dumps(command) + "\n")
@@ -135,11 +136,13 @@ def test_run_metrics_match_the_outputs(tmp_path: Path, model_dir: Path) -> None:
     preds = [json.loads(x) for x in (s.output_dir / "predictions.jsonl").read_text().splitlines()]
     assert len(preds) == 6000
     by_model: dict[str, list[float]] = defaultdict(list)
-    watermark: dict[int, float] = defaultdict(float)
+    times: dict[int, list[float]] = defaultdict(list)
     per_partition = Counter(p["partition"] for p in preds)
     for p in preds:
         by_model[p["model"]].append(p["probability"])
-        watermark[p["partition"]] = max(watermark[p["partition"]], p["event_timestamp"])
+        times[p["partition"]].append(p["event_timestamp"])
+    # The partition's event-time clock: its CLOCK_RANK-th largest event time.
+    watermark = {p: sorted(ts, reverse=True)[CLOCK_RANK - 1] for p, ts in times.items()}
     assert len(by_model) == 2 and any(m.startswith("canary@") for m in by_model)
     for model, probs in by_model.items():
         count = value(after, "fraud_predicted_probability_count", model=model) - before.get(

@@ -1,0 +1,86 @@
+"""A slow replay after a resume must still find its predictions in the outbox.
+
+After a crash the store is ahead of the last snapshot. Snapshot marks (below which the
+outbox is pruned) must follow the input the step has been given, not the store's
+high-water mark: otherwise snapshots taken while the replay is still catching up
+prune entries that a second crash's replay needs.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bytewax_fraud.connectors.generator import TransactionGenerator
+from bytewax_fraud.features import N_FEATURES
+from bytewax_fraud.inference.runtime import LoadedModel, load_model
+from bytewax_fraud.parse import parse_batch
+from bytewax_fraud.partition_logic import PartitionBatch, PartitionConfig, PartitionLogic
+from bytewax_fraud.records import EventBatch, RawBatch, ScoredBatch
+from bytewax_fraud.state.base import outbox_keys
+from bytewax_fraud.state.manifest import ensure_manifest
+
+MODELS = Path(__file__).resolve().parents[2] / "models"
+
+
+@pytest.fixture(scope="module")
+def gru() -> LoadedModel:
+    return load_model(MODELS / "fraud_gru.onnx", expected_features=N_FEATURES)
+
+
+def _batches(n: int, size: int = 100) -> list[EventBatch]:
+    values = list(itertools.islice(TransactionGenerator(users=300, seed=3).events(), n))
+    out = []
+    for lo in range(0, n, size):
+        chunk: list[bytes | None] = list(values[lo : lo + size])
+        raw = RawBatch("g", 0, np.arange(lo, lo + len(chunk), dtype=np.int64), chunk, None, None, 0)
+        events, dead = parse_batch(raw)
+        assert events is not None and not dead
+        out.append(events)
+    return out
+
+
+def _lines(logic: PartitionLogic, batches: list[EventBatch]) -> list[bytes]:
+    out, _ = logic.on_batch([PartitionBatch(0, list(batches))])
+    return [line for x in out if isinstance(x, ScoredBatch) for line in x.lines]
+
+
+def test_snapshots_during_a_slow_replay_keep_what_the_next_replay_needs(
+    tmp_path: Path, gru: LoadedModel
+) -> None:
+    ensure_manifest(tmp_path, 1, 10)
+    config = PartitionConfig(
+        state_dir=tmp_path,
+        model=gru,
+        window=10,
+        ttl_seconds=30 * 86400.0,
+        batch_max=1024,
+        sweep_interval=3600.0,
+        sweep_chunk=100,
+        restore_model=lambda ref: gru,
+        kept_marks=3,
+    )
+    batches = _batches(3000)
+    first = PartitionLogic(config, None)
+    _lines(first, batches[:10])
+    snap = first.snapshot()  # the input is at offset 1000
+    emitted = _lines(first, batches[10:])  # the store gets to 3000, then a crash
+    assert first._scorer is not None
+    first._scorer.store.close()
+
+    second = PartitionLogic(config, snap)
+    replayed = _lines(second, batches[10:11])  # the replay gets to 1100 only...
+    snaps = [second.snapshot() for _ in range(3)]  # ...while three snapshots go by
+    assert second._scorer is not None
+    kept = second._scorer.store.get_many(outbox_keys(np.arange(1100, 3000)))
+    assert all(v is not None for v in kept)
+    second._scorer.store.close()
+
+    third = PartitionLogic(config, snaps[-1])  # a second crash: resume at 1100
+    again = _lines(third, batches[11:])
+    assert replayed + again == emitted  # byte for byte, from the outbox
+    assert third._scorer is not None
+    third._scorer.store.close()
