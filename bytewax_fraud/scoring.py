@@ -5,7 +5,7 @@ For a batch the scorer:
 2. reads every user's record with one multi-get and decodes them into columns;
 3. per wave: fences replays, expires idle users (TTL in event time), computes
    features with numpy and runs one model call for the whole wave;
-4. writes the new records, plus an outbox entry per prediction, in one atomic batch;
+4. writes the new records, plus one outbox entry with the batch's lines, in one atomic batch;
 5. returns the prediction lines in input order.
 
 Replays after a crash: an event at or below its user's `last_offset` was
@@ -33,10 +33,10 @@ from bytewax_fraud.state.base import (
     USER_PREFIX,
     StateStore,
     outbox_key,
-    outbox_keys,
     user_key,
 )
 from bytewax_fraud.state.codec import UserStates, decode, decode_headers, encode
+from bytewax_fraud.state.outbox import encode_entry, read_lines
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,13 +110,14 @@ class PartitionScorer:
             self._read_outbox(batch, replayed, lines, prob, latency)
             fresh = np.flatnonzero(applied)
             fresh_lines, fresh_offsets = [lines[i] for i in fresh.tolist()], batch.offsets[fresh]
-        # One atomic write: records of changed users, outbox entries, the high-water mark.
+        # One atomic write: records of changed users, the outbox entry, the high-water mark.
         self.high_water = max(self.high_water, int(batch.offsets.max()) + 1)
         d = np.flatnonzero(dirty)
         if len(d):
+            box_key, box = encode_entry(fresh_offsets, fresh_lines)
             self.store.write(
-                [keys[j] for j in d.tolist()] + outbox_keys(fresh_offsets) + [HIGH_WATER_KEY],
-                encode(st.take(d), model.tag) + fresh_lines + [self.high_water.to_bytes(8, "big")],
+                [keys[j] for j in d.tolist()] + [box_key, HIGH_WATER_KEY],
+                encode(st.take(d), model.tag) + [box, self.high_water.to_bytes(8, "big")],
             )
         self.watermark = max(self.watermark, float(batch.timestamps.max()))
         return ScoredBatch(
@@ -240,8 +241,9 @@ class PartitionScorer:
         prob: np.ndarray,
         latency: np.ndarray,
     ) -> None:
-        vals = self.store.get_many(outbox_keys(b.offsets[idx]))
-        for i, v in zip(idx, vals, strict=True):
+        found = read_lines(self.store, b.offsets[idx].tolist())
+        for i in idx:
+            v = found.get(int(b.offsets[i]))
             if v is None:
                 raise RecoveryError(
                     f"partition {self.partition}: the event at offset {b.offsets[i]} (user"
