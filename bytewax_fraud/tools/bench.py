@@ -125,6 +125,8 @@ class BenchConfig:
     threads_variant: bool = True
     skip_http: bool = False
     skip_kafka: bool = False
+    #: Offered loads of the Kafka sweep (end-to-end latency through both topics).
+    kafka_loads: tuple[float, ...] = (0.50,)
 
 
 @dataclass
@@ -335,6 +337,35 @@ def bench_broker(workdir: Path) -> Iterator[tuple[Broker | None, str]]:
         yield broker, f"{where} at {broker.bootstrap_servers}"
 
 
+def _kafka_env(
+    cfg: BenchConfig, broker: Broker, prefix: str, t_in: str, t_pred: str, t_dl: str, d: Path
+) -> dict[str, str]:
+    """The Kafka variants' job environment (fresh state in `d`, stop at the end of the input)."""
+    ensure_manifest(d / "state", cfg.partitions, WINDOW)
+    env = _base_env()
+    env.update({k: os.environ[k] for k in _KAFKA_PASS_THROUGH if k in os.environ})
+    env.update(
+        {
+            BOOTSTRAP_ENV: broker.bootstrap_servers,
+            "FRAUD_KAFKA_STOP_AT_END": "1",
+            "FRAUD_TOPIC_TRANSACTIONS": t_in,
+            "FRAUD_TOPIC_PREDICTIONS": t_pred,
+            "FRAUD_TOPIC_DEAD_LETTERS": t_dl,
+            # Never created: no model control during the run.
+            "FRAUD_TOPIC_CONTROL": f"{prefix}-control",
+            "FRAUD_USERS": str(cfg.users),
+            "FRAUD_PARTITIONS": str(cfg.partitions),
+            "FRAUD_SEED": str(cfg.seed),
+            "FRAUD_MODEL": str(cfg.model),
+            "FRAUD_DEVICE": cfg.device,
+            "FRAUD_STATE_DIR": str(d / "state"),
+            "FRAUD_OUTPUT_DIR": str(d / "out"),
+            "FRAUD_STATUS_INTERVAL": "0",
+        }
+    )
+    return env
+
+
 def run_kafka(
     cfg: BenchConfig, name: str, workdir: Path, broker: Broker, *, events: int, processes: int = 1
 ) -> Result:
@@ -352,29 +383,7 @@ def run_kafka(
     produce_s = time.monotonic() - t0
     del msgs
 
-    state = d / "state"
-    ensure_manifest(state, cfg.partitions, WINDOW)
-    env = _base_env()
-    env.update({k: os.environ[k] for k in _KAFKA_PASS_THROUGH if k in os.environ})
-    env.update(
-        {
-            BOOTSTRAP_ENV: broker.bootstrap_servers,
-            "FRAUD_KAFKA_STOP_AT_END": "1",
-            "FRAUD_TOPIC_TRANSACTIONS": t_in,
-            "FRAUD_TOPIC_PREDICTIONS": t_pred,
-            "FRAUD_TOPIC_DEAD_LETTERS": t_dl,
-            # Never created: no model control during the run.
-            "FRAUD_TOPIC_CONTROL": f"{prefix}-control",
-            "FRAUD_USERS": str(cfg.users),
-            "FRAUD_PARTITIONS": str(cfg.partitions),
-            "FRAUD_SEED": str(cfg.seed),
-            "FRAUD_MODEL": str(cfg.model),
-            "FRAUD_DEVICE": cfg.device,
-            "FRAUD_STATE_DIR": str(state),
-            "FRAUD_OUTPUT_DIR": str(d / "out"),
-            "FRAUD_STATUS_INTERVAL": "0",
-        }
-    )
+    env = _kafka_env(cfg, broker, prefix, t_in, t_pred, t_dl, d)
     cmd = [sys.executable, "-m", "bytewax.run", "dataflows.fraud"]
     addresses = ";".join(f"127.0.0.1:{p}" for p in _free_ports(processes))
     procs: list[subprocess.Popen[bytes]] = []
@@ -439,6 +448,122 @@ def run_kafka(
             "produce_msg_per_s": round(events / max(produce_s, 1e-9), 1),
         },
     )
+
+
+_PRED_POS = re.compile(rb'"partition":(\d+),"offset":(\d+)')
+
+
+def run_kafka_paced(
+    cfg: BenchConfig, name: str, workdir: Path, broker: Broker, *, events: int, rate: float
+) -> Result:
+    """The 1-worker job through Kafka at an offered rate: latency from produce to prediction.
+
+    The job runs first (no stop at end) and scores a pilot of 200 events, so that
+    start-up is over; then the bench produces `events` generated events at `rate`
+    per second and reads the predictions topic until every one has arrived. The
+    latency of an event is its prediction's CreateTime (the job's producer) minus
+    its input message's CreateTime (the bench's producer): the whole way through
+    both topics, at the brokers' millisecond resolution. Events produced in the
+    first `--warmup-s` seconds are not counted.
+    """
+    from confluent_kafka import Producer
+
+    d = Path(tempfile.mkdtemp(prefix=f"{name.replace('%', 'pct')}-", dir=workdir))
+    prefix = f"fraud-bench-{uuid.uuid4().hex[:8]}"
+    t_in, t_pred, t_dl = (f"{prefix}-{t}" for t in ("transactions", "predictions", "dead-letters"))
+    s = load_settings(kafka_bootstrap_servers=broker.bootstrap_servers, partitions=cfg.partitions)
+    conn = kafka_connection(s)
+    admin = admin_client(conn.admin())
+    create_job_topics(admin, cfg.partitions, t_in, t_pred, t_dl, s.kafka_max_message_bytes)
+    pilot = 200
+    msgs = list(generated(cfg.users, cfg.seed, pilot + events))
+    env = _kafka_env(cfg, broker, prefix, t_in, t_pred, t_dl, d)
+    env.pop("FRAUD_KAFKA_STOP_AT_END")
+    cmd = [sys.executable, "-m", "bytewax.run", "dataflows.fraud"]
+    producer = Producer(conn.producer())
+    with open(d / "log.txt", "wb") as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        for key, value in msgs[:pilot]:
+            producer.produce(t_in, value, key)
+        producer.flush()
+        _wait_for_messages(conn.consumer("earliest"), t_pred, pilot, proc, d / "log.txt")
+        t0 = time.monotonic()
+        for i, (key, value) in enumerate(msgs[pilot:]):
+            due = t0 + i / rate
+            while (now := time.monotonic()) < due:
+                producer.poll(min(due - now, 0.001))
+            while True:
+                try:
+                    producer.produce(t_in, value, key)
+                    break
+                except BufferError:
+                    producer.poll(0.001)
+        producer.flush()
+        _wait_for_messages(conn.consumer("earliest"), t_pred, pilot + events, proc, d / "log.txt")
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+        codes = _wait([proc], time.monotonic() + 10)
+        while codes[0][0] is None:
+            time.sleep(0.05)
+            codes = _wait([proc], time.monotonic() + 10)
+    produced: dict[tuple[int, int], int] = {}
+    for msg in messages(conn.consumer("earliest"), t_in, cfg.partitions):
+        produced[(int(msg.partition() or 0), int(msg.offset() or 0))] = msg.timestamp()[1]
+    lat: list[tuple[int, int]] = []  # (input CreateTime, end-to-end ms)
+    for msg in messages(conn.consumer("earliest"), t_pred, cfg.partitions):
+        m = _PRED_POS.search(msg.value() or b"")
+        if m is None:
+            raise BenchError(f"{name}: a prediction on {t_pred!r} has no partition and offset")
+        t_made = produced[(int(m.group(1)), int(m.group(2)))]
+        lat.append((t_made, msg.timestamp()[1] - t_made))
+    admin.delete_topics([t_in, t_pred, t_dl], operation_timeout=10)
+    lat.sort()
+    first = lat[pilot][0] if len(lat) > pilot else 0
+    kept = np.asarray([ms for t, ms in lat[pilot:] if t - first >= cfg.warmup_s * 1000.0])
+    made = np.asarray([t for t, _ in lat[pilot:]], np.int64)
+    done = np.sort(made + np.asarray([ms for _, ms in lat[pilot:]], np.int64))
+    span = max(int(done[-1] - done[0]), 1) / 1000.0 if len(done) else math.nan
+    p50, p99, p999 = _percentiles(kept.astype(np.float64))
+    shutil.rmtree(d, ignore_errors=True)
+    return Result(
+        name=name,
+        events=events,
+        events_per_s=round((len(done) - 1) / span, 1),
+        p50_ms=p50,
+        p99_ms=p99,
+        p999_ms=p999,
+        peak_rss_mb=round(codes[0][1] / 1024, 1),
+        offered_per_s=round(rate, 1),
+        extra={
+            "latency": "prediction CreateTime - input CreateTime (ms resolution)",
+            "pilot_events": pilot,
+            "warmup_skipped": events - len(kept),
+        },
+    )
+
+
+def _wait_for_messages(
+    config: dict[str, Any], topic: str, want: int, proc: subprocess.Popen[bytes], log: Path
+) -> None:
+    """Read `topic` from the beginning until it holds `want` messages, while the job runs."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({**config, "group.id": "bytewax-fraud-bench", "enable.auto.commit": False})
+    try:
+        parts = c.list_topics(topic, timeout=10).topics[topic].partitions
+        c.assign([TopicPartition(topic, p, 0) for p in parts])
+        got = 0
+        deadline = time.monotonic() + _RUN_TIMEOUT_S
+        while got < want:
+            if proc.poll() is not None:
+                raise BenchError(f"the job exited with {proc.returncode}:\n{_tail(log)}")
+            if time.monotonic() > deadline:
+                raise BenchError(f"{topic}: {got} of {want} predictions arrived in time")
+            got += sum(1 for m in c.consume(1000, 0.05) if m.error() is None)
+    finally:
+        c.close()
 
 
 def _topic_rate(
@@ -649,6 +774,16 @@ def measure(cfg: BenchConfig, workdir: Path, log: Any = print) -> dict[str, Any]
             )
             h.extra["load"] = frac
             sweep.append(add(h))
+    if kafka["ran"] and cfg.kafka_loads:
+        with bench_broker(workdir) as (broker, _where):
+            assert broker is not None
+            for frac in cfg.kafka_loads:
+                rate = frac * top
+                n = max(int(rate * cfg.point_seconds), 50 * cfg.partitions)
+                name = f"kafka-1w@{frac:.0%}"
+                k = run_kafka_paced(cfg, name, workdir, broker, events=n, rate=rate)
+                k.extra["load"] = frac
+                sweep.append(add(k))
     if external is not None:
         # The external endpoint at shares of its own maximum: its latency when not saturated.
         for frac in cfg.loads:
@@ -750,7 +885,8 @@ def format_report(report: dict[str, Any]) -> str:
     out += [
         "",
         f"latency vs throughput (offered load as a share of {sw['max_events_per_s']:,.0f} ev/s,"
-        " the 1-worker maximum; external-own: of the external baseline's maximum)",
+        " the 1-worker maximum; external-own: of the external baseline's maximum; kafka-1w:"
+        " latency from the input message's CreateTime to the prediction's)",
         f"{'system':<16}{'load':>6}{'offered/s':>11}{'achieved/s':>12}{'p50 ms':>9}{'p99 ms':>10}"
         f"{'p99.9 ms':>10}",
     ]
@@ -781,9 +917,15 @@ def plot(report: dict[str, Any], path: Path) -> bool:
         return False
     sw = report["load_sweep"]
     fig, ax = plt.subplots(figsize=(8, 5))
-    styles = {"embedded-1w": "tab:blue", "external": "tab:red", "external-own": "tab:orange"}
+    styles = {
+        "embedded-1w": "tab:blue",
+        "kafka-1w": "tab:green",
+        "external": "tab:red",
+        "external-own": "tab:orange",
+    }
     labels = {
         "embedded-1w": "embedded (1 worker)",
+        "kafka-1w": "Kafka end to end (1 worker)",
         "external": "external HTTP",
         "external-own": "external HTTP, own max",
     }
