@@ -512,12 +512,15 @@ def run_kafka_paced(
     for msg in messages(conn.consumer("earliest"), t_in, cfg.partitions):
         produced[(int(msg.partition() or 0), int(msg.offset() or 0))] = msg.timestamp()[1]
     lat: list[tuple[int, int]] = []  # (input CreateTime, end-to-end ms)
+    in_job: list[float] = []  # the predictions' latency_ms (source emission to prediction)
     for msg in messages(conn.consumer("earliest"), t_pred, cfg.partitions):
         m = _PRED_POS.search(msg.value() or b"")
         if m is None:
             raise BenchError(f"{name}: a prediction on {t_pred!r} has no partition and offset")
         t_made = produced[(int(m.group(1)), int(m.group(2)))]
         lat.append((t_made, msg.timestamp()[1] - t_made))
+        inner = _LATENCY.search(msg.value() or b"")
+        in_job.append(float(inner.group(1)) if inner else math.nan)
     admin.delete_topics([t_in, t_pred, t_dl], operation_timeout=10)
     lat.sort()
     first = lat[pilot][0] if len(lat) > pilot else 0
@@ -539,8 +542,81 @@ def run_kafka_paced(
         extra={
             "latency": "prediction CreateTime - input CreateTime (ms resolution)",
             "pilot_events": pilot,
+            "in_job_p50_p99_ms": _percentiles(np.asarray(in_job[pilot:], np.float64))[:2],
             "warmup_skipped": events - len(kept),
         },
+    )
+
+
+def run_broker_floor(
+    cfg: BenchConfig, name: str, broker: Broker, *, events: int, rate: float
+) -> Result:
+    """The broker's own latency at an offered rate: produce, then consume, with no job between.
+
+    The same client properties as the job's producer and consumer, the same
+    generated messages and pacing as `run_kafka_paced`; the latency of a message
+    is the time it was consumed minus its CreateTime. This is the floor under the
+    Kafka variant's end-to-end latency (one hop here, two there).
+    """
+    import threading
+
+    from confluent_kafka import Consumer, Producer, TopicPartition
+
+    s = load_settings(kafka_bootstrap_servers=broker.bootstrap_servers, partitions=cfg.partitions)
+    conn = kafka_connection(s)
+    admin = admin_client(conn.admin())
+    topic = f"fraud-bench-{uuid.uuid4().hex[:8]}-floor"
+    create_job_topics(admin, cfg.partitions, topic, f"{topic}-p", f"{topic}-d", 1_048_576)
+    msgs = list(generated(cfg.users, cfg.seed, events))
+    consumer = Consumer({**conn.consumer("earliest"), "group.id": "bytewax-fraud-bench"})
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(cfg.partitions)])
+    got: list[tuple[int, float]] = []  # (CreateTime ms, consumed at ms)
+    done = threading.Event()
+
+    def consume() -> None:
+        while not done.is_set() or len(got) < events:
+            for m in consumer.consume(1000, 0.02):
+                if m.error() is None:
+                    got.append((m.timestamp()[1], time.time() * 1000.0))
+            if done.is_set() and time.monotonic() > deadline:
+                return
+
+    deadline = time.monotonic() + _RUN_TIMEOUT_S
+    reader = threading.Thread(target=consume, daemon=True)
+    reader.start()
+    producer = Producer(conn.producer())
+    t0 = time.monotonic()
+    for i, (key, value) in enumerate(msgs):
+        due = t0 + i / rate
+        while (now := time.monotonic()) < due:
+            producer.poll(min(due - now, 0.001))
+        while True:
+            try:
+                producer.produce(topic, value, key)
+                break
+            except BufferError:
+                producer.poll(0.001)
+    producer.flush()
+    deadline = time.monotonic() + 30.0
+    done.set()
+    reader.join()
+    consumer.close()
+    admin.delete_topics([topic, f"{topic}-p", f"{topic}-d"], operation_timeout=10)
+    got.sort()
+    first = got[0][0] if got else 0
+    lat = np.asarray([c - t for t, c in got if t - first >= cfg.warmup_s * 1000.0], np.float64)
+    p50, p99, p999 = _percentiles(lat)
+    span = (got[-1][0] - first) / 1000.0 if len(got) > 1 else math.nan
+    return Result(
+        name=name,
+        events=len(got),
+        events_per_s=round((len(got) - 1) / span, 1) if span and span > 0 else 0.0,
+        p50_ms=p50,
+        p99_ms=p99,
+        p999_ms=p999,
+        peak_rss_mb=0.0,
+        offered_per_s=round(rate, 1),
+        extra={"latency": "consumed - CreateTime, one hop, no job", "lost": events - len(got)},
     )
 
 
@@ -784,6 +860,9 @@ def measure(cfg: BenchConfig, workdir: Path, log: Any = print) -> dict[str, Any]
                 k = run_kafka_paced(cfg, name, workdir, broker, events=n, rate=rate)
                 k.extra["load"] = frac
                 sweep.append(add(k))
+                f = run_broker_floor(cfg, f"broker-only@{frac:.0%}", broker, events=n, rate=rate)
+                f.extra["load"] = frac
+                sweep.append(add(f))
     if external is not None:
         # The external endpoint at shares of its own maximum: its latency when not saturated.
         for frac in cfg.loads:
@@ -886,7 +965,8 @@ def format_report(report: dict[str, Any]) -> str:
         "",
         f"latency vs throughput (offered load as a share of {sw['max_events_per_s']:,.0f} ev/s,"
         " the 1-worker maximum; external-own: of the external baseline's maximum; kafka-1w:"
-        " latency from the input message's CreateTime to the prediction's)",
+        " latency from the input message's CreateTime to the prediction's; broker-only: the"
+        " same messages produced and consumed with no job, the broker's floor)",
         f"{'system':<16}{'load':>6}{'offered/s':>11}{'achieved/s':>12}{'p50 ms':>9}{'p99 ms':>10}"
         f"{'p99.9 ms':>10}",
     ]
@@ -920,12 +1000,14 @@ def plot(report: dict[str, Any], path: Path) -> bool:
     styles = {
         "embedded-1w": "tab:blue",
         "kafka-1w": "tab:green",
+        "broker-only": "tab:gray",
         "external": "tab:red",
         "external-own": "tab:orange",
     }
     labels = {
         "embedded-1w": "embedded (1 worker)",
         "kafka-1w": "Kafka end to end (1 worker)",
+        "broker-only": "broker alone (produce -> consume)",
         "external": "external HTTP",
         "external-own": "external HTTP, own max",
     }
