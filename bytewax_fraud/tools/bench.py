@@ -1038,7 +1038,7 @@ def plot(report: dict[str, Any], path: Path) -> bool:
     hw = report["hardware"]
     ax.set_title(f"Latency vs throughput ({hw['nproc']} cores, {hw['cpu_model']})")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
