@@ -34,8 +34,10 @@ lint: $(BIN)/.installed
 test: lint
 	$(BIN)/python -m pytest -q
 
+# The benchmark (docs/benchmarks.md): installs the plot's extra, writes the JSON and the PNG.
 bench: $(BIN)/.installed
-	$(BIN)/python -m bytewax_fraud.tools.bench
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python -m bytewax_fraud.tools.bench --json bench-out/bench.json --plot docs/bench.png
 
 clean:
 	rm -rf state out recovery bench-out .pytest_cache .mypy_cache .ruff_cache

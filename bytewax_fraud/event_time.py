@@ -199,16 +199,3 @@ def behind_user_reason(t: float, last: float, lateness: float) -> str:
         f" more than FRAUD_ALLOWED_LATENESS={span(lateness)}: send late events sooner,"
         " or raise FRAUD_ALLOWED_LATENESS"
     )
-
-
-def encode_rejection(error_class: str, reason: str) -> bytes:
-    """An outbox entry recording that the event at this offset was rejected, and why."""
-    return b"\x00" + error_class.encode() + b"\x00" + reason.encode()
-
-
-def decode_rejection(entry: bytes) -> tuple[str, str] | None:
-    """(error class, reason) of an outbox entry written by `encode_rejection`; None otherwise."""
-    if not entry.startswith(b"\x00"):
-        return None  # a prediction line
-    cls, _, reason = entry[1:].partition(b"\x00")
-    return cls.decode(), reason.decode()

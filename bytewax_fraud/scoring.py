@@ -8,8 +8,8 @@ For a batch the scorer:
 4. per wave: fences replays, expires idle users (TTL in event time), rejects
    events too far behind their user's last event, computes features with numpy
    and runs one model call for the whole wave;
-5. writes the new records, an outbox entry per prediction or rejection, the
-   clock and the high-water mark in one atomic batch;
+5. writes the new records, one outbox entry with the batch's lines (and one per
+   rejection), the clock and the high-water mark in one atomic batch;
 6. returns the prediction lines in input order, and the dead letters.
 
 Replays after a crash: an event below the partition's high-water mark was
@@ -48,6 +48,7 @@ from bytewax_fraud.state.base import (
     user_key,
 )
 from bytewax_fraud.state.codec import UserStates, decode, decode_headers, encode
+from bytewax_fraud.state.outbox import decode_rejection, encode_entry, encode_rejection, read_lines
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +126,7 @@ class PartitionScorer:
                 i = int(fresh[j])
                 dead.append(reject(batch, i, event_time.STAGE, cls, reason))
                 keys.append(outbox_key(int(batch.offsets[i])))
-                values.append(event_time.encode_rejection(cls, reason))
+                values.append(encode_rejection(cls, reason))
             new[fresh[bad]] = False
         keep = np.flatnonzero(old | new)
         scored = self._score_deployed(
@@ -148,7 +149,7 @@ class PartitionScorer:
         entries = self.store.get_many(outbox_keys(batch.offsets[idx]))
         gone = []
         for i, entry in zip(idx.tolist(), entries, strict=True):
-            found = None if entry is None else event_time.decode_rejection(entry)
+            found = None if entry is None else decode_rejection(entry)
             if found is not None:
                 dead.append(reject(batch, i, event_time.STAGE, *found))
                 gone.append(i)
@@ -197,13 +198,17 @@ class PartitionScorer:
             fresh = np.flatnonzero(fate == _APPLIED)
             fresh_lines, fresh_offsets = [lines[i] for i in fresh.tolist()], batch.offsets[fresh]
         d = np.flatnonzero(dirty)
-        keys += [user_keys[j] for j in d.tolist()] + outbox_keys(fresh_offsets)
-        values += encode(st.take(d), model.tag) + fresh_lines
+        keys += [user_keys[j] for j in d.tolist()]
+        values += encode(st.take(d), model.tag)
+        if fresh_lines:
+            box_key, box = encode_entry(fresh_offsets, fresh_lines)
+            keys.append(box_key)
+            values.append(box)
         dead: list[DeadLetter] = []
         for i, reason in sorted(late.items()):
             dead.append(reject(batch, i, event_time.STAGE, event_time.TOO_LATE, reason))
             keys.append(outbox_key(int(batch.offsets[i])))
-            values.append(event_time.encode_rejection(event_time.TOO_LATE, reason))
+            values.append(encode_rejection(event_time.TOO_LATE, reason))
         if late:  # only the scored events go on
             kept = np.flatnonzero(fate != _USER_LATE)
             at = kept.tolist()
@@ -366,8 +371,9 @@ class PartitionScorer:
         prob: np.ndarray,
         latency: np.ndarray,
     ) -> None:
-        vals = self.store.get_many(outbox_keys(b.offsets[idx]))
-        for i, v in zip(idx, vals, strict=True):
+        found = read_lines(self.store, b.offsets[idx].tolist())
+        for i in idx:
+            v = found.get(int(b.offsets[i]))
             if v is None:
                 raise RecoveryError(
                     f"partition {self.partition}: the event at offset {b.offsets[i]} (user"

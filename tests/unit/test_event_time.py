@@ -14,8 +14,6 @@ from bytewax_fraud.event_time import (
     LATE,
     PartitionClock,
     TimePolicy,
-    decode_rejection,
-    encode_rejection,
 )
 
 T0 = 1_767_225_600.0
@@ -138,9 +136,3 @@ def test_persisted_clock_round_trips() -> None:
     again = PartitionClock.from_bytes(clock.to_bytes(), 10)
     assert again.now == clock.now and again.newest == clock.newest
     assert PartitionClock.from_bytes(None, 10).now == -math.inf
-
-
-def test_rejections_in_the_outbox_round_trip_and_never_look_like_predictions() -> None:
-    entry = encode_rejection("TimestampTooLate", "timestamp … behind")
-    assert decode_rejection(entry) == ("TimestampTooLate", "timestamp … behind")
-    assert decode_rejection(b'{"transaction_id":"t"}') is None

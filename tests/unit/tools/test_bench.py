@@ -38,31 +38,54 @@ def test_quick_benchmark_reports_every_variant(tmp_path: Path) -> None:
     assert report["hardware"]["nproc"] >= 1
     assert report["settings"]["events"] == 20_000
     variants = report["variants"]
-    expected = {"embedded-1w", "embedded-2p", "embedded-2t", "per-event", "external-http"}
+    expected = {
+        "embedded-1w",
+        "embedded-2p",
+        "embedded-2t",
+        "handwritten-batched",
+        "handwritten-per-event",
+        "dataflow-batch-1",
+        "external-http",
+    }
     kafka = report["kafka"]
     if broker_available():
-        expected.add("kafka-1w")
+        expected |= {"kafka-1w", "kafka-2p"}
         assert kafka["ran"] is True and kafka["broker"]
         assert kafka["produce_msg_per_s"] > 0 and kafka["dead_letters"] == {}
         assert variants["kafka-1w"]["events"] == variants["embedded-1w"]["events"]
+        assert variants["kafka-2p"]["extra"]["processes"] == 2
     else:
         assert kafka["ran"] is False and kafka["reason"]
     assert set(variants) == expected
     sweep = report["load_sweep"]["points"]
-    assert {p["name"].split("@")[0] for p in sweep} == {"embedded-1w", "external", "external-own"}
+    systems = {"embedded-1w", "external", "external-own"}
+    if broker_available():  # the end-to-end latency through both topics, at 50 %
+        systems |= {"kafka-1w", "broker-only"}
+    assert {p["name"].split("@")[0] for p in sweep} == systems
     for r in [*variants.values(), *sweep]:
         assert r["events"] > 0 and r["events_per_s"] > 0, r["name"]
         for k in ("p50_ms", "p99_ms", "p999_ms"):
             assert math.isfinite(r[k]) and r[k] >= 0, (r["name"], k)
-        assert r["peak_rss_mb"] > 0, r["name"]
+        assert r["peak_rss_mb"] > 0 or r["name"].startswith("broker-only"), r["name"]
+    # Every variant's throughput against the hand-written batched loop, in the JSON too.
+    ratios = report["ratios"]
+    assert ratios["reference"] == "handwritten-batched"
+    assert set(ratios["x_handwritten"]) == expected
+    ref = variants["handwritten-batched"]["events_per_s"]
     for r in variants.values():
-        assert r["extra"]["x_per_event"] > 0 and r["extra"]["x_external"] > 0
-    assert variants["per-event"]["extra"]["batch_max"] == 1
-    assert set(report["load_sweep"]["p99_ms_at_50pct"]) == {
-        "embedded-1w",
-        "external",
-        "external-own",
-    }
+        assert r["extra"]["x_external"] > 0
+        x = r["extra"]["x_handwritten"]
+        assert x == ratios["x_handwritten"][r["name"]]
+        assert math.isclose(x, r["events_per_s"] / ref, abs_tol=1e-3), r["name"]
+    assert variants["handwritten-batched"]["extra"]["x_handwritten"] == 1.0
+    targets = {t["target"]: t for t in ratios["targets"]}
+    assert "embedded-1w / handwritten-batched" in targets
+    assert "embedded-2p / embedded-1w" in targets
+    assert variants["dataflow-batch-1"]["extra"]["batch_max"] == 1
+    assert variants["handwritten-per-event"]["extra"]["model_calls"] == 5_000
+    # Batched: at most 512 events per call, so at least events / 512 calls.
+    assert variants["handwritten-batched"]["extra"]["model_calls"] >= 20_000 / 512
+    assert set(report["load_sweep"]["p99_ms_at_50pct"]) == systems
     # The plot is drawn only where matplotlib is installed (the `bench` extra).
     try:
         import matplotlib  # noqa: F401
