@@ -76,7 +76,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -88,6 +88,9 @@ from bytewax_fraud.state.manifest import ensure_manifest
 from bytewax_fraud.tools.local_broker import BOOTSTRAP_ENV, Broker, BrokerUnavailable, any_broker
 from bytewax_fraud.tools.produce import generated, produce
 from bytewax_fraud.tools.tail import messages
+
+if TYPE_CHECKING:
+    from confluent_kafka import Producer
 
 ROOT = Path(__file__).resolve().parents[2]
 WINDOW = int(Settings.model_fields["window"].default)
@@ -324,6 +327,24 @@ def _steady_rate(
 _KAFKA_PASS_THROUGH = ("FRAUD_KAFKA_PROPERTIES", "FRAUD_KAFKA_CONFIG_FILE")
 
 
+def produce_paced(
+    producer: Producer, topic: str, msgs: list[tuple[bytes | None, bytes]], rate: float
+) -> None:
+    """Produce `msgs` (key, value) at `rate` messages/s, then flush."""
+    t0 = time.monotonic()
+    for i, (key, value) in enumerate(msgs):
+        due = t0 + i / rate
+        while (now := time.monotonic()) < due:
+            producer.poll(min(due - now, 0.001))
+        while True:
+            try:
+                producer.produce(topic, value, key)
+                break
+            except BufferError:
+                producer.poll(0.001)
+    producer.flush()
+
+
 @contextmanager
 def bench_broker(workdir: Path) -> Iterator[tuple[Broker | None, str]]:
     """The Kafka variant's broker and its description, or None and why there is none."""
@@ -488,18 +509,7 @@ def run_kafka_paced(
             producer.produce(t_in, value, key)
         producer.flush()
         _wait_for_messages(conn.consumer("earliest"), t_pred, pilot, proc, d / "log.txt")
-        t0 = time.monotonic()
-        for i, (key, value) in enumerate(msgs[pilot:]):
-            due = t0 + i / rate
-            while (now := time.monotonic()) < due:
-                producer.poll(min(due - now, 0.001))
-            while True:
-                try:
-                    producer.produce(t_in, value, key)
-                    break
-                except BufferError:
-                    producer.poll(0.001)
-        producer.flush()
+        produce_paced(producer, t_in, msgs[pilot:], rate)
         _wait_for_messages(conn.consumer("earliest"), t_pred, pilot + events, proc, d / "log.txt")
     finally:
         if proc.poll() is None:
@@ -585,18 +595,7 @@ def run_broker_floor(
     reader = threading.Thread(target=consume, daemon=True)
     reader.start()
     producer = Producer(conn.producer())
-    t0 = time.monotonic()
-    for i, (key, value) in enumerate(msgs):
-        due = t0 + i / rate
-        while (now := time.monotonic()) < due:
-            producer.poll(min(due - now, 0.001))
-        while True:
-            try:
-                producer.produce(topic, value, key)
-                break
-            except BufferError:
-                producer.poll(0.001)
-    producer.flush()
+    produce_paced(producer, topic, msgs, rate)
     deadline = time.monotonic() + 30.0
     done.set()
     reader.join()
