@@ -3,7 +3,7 @@
 Unlike `python -m bytewax.run dataflows.fraud`, this applies the FRAUD_*
 recovery settings (FRAUD_RECOVERY_DIR, FRAUD_SNAPSHOT_INTERVAL,
 FRAUD_BACKUP_INTERVAL), creating the recovery partitions when they are missing.
-Both stop gracefully on SIGTERM or SIGINT (see `bytewax_fraud.shutdown`).
+Both stop gracefully on SIGTERM or SIGINT (see `bytewax_fraud.process.shutdown`).
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import sys
 
 from bytewax.run import cli_main
 
-from bytewax_fraud import fatal, shutdown
 from bytewax_fraud.job import build_job
-from bytewax_fraud.services import start_services
+from bytewax_fraud.process import fatal, shutdown
+from bytewax_fraud.process.services import start_services
 from bytewax_fraud.settings import load_settings, settings_help
 
 _EPILOG = """

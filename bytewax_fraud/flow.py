@@ -14,11 +14,11 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import Source
 
+from bytewax_fraud.admission.misrouting import reject_misrouted
 from bytewax_fraud.connectors import Outputs
 from bytewax_fraud.control.commands import ControlItem, ControlMessage, ControlRejected
 from bytewax_fraud.control.deployment import report_rejection
 from bytewax_fraud.control.gate import CommandValidator
-from bytewax_fraud.misrouting import reject_misrouted
 from bytewax_fraud.parse import parse_batch
 from bytewax_fraud.partition_logic import PartitionBatch, PartitionConfig, logic_builder
 from bytewax_fraud.partitioning import routing_key

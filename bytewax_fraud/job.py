@@ -21,10 +21,10 @@ from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 from bytewax.recovery import RecoveryConfig
 
+from bytewax_fraud.admission.event_time import TimePolicy
 from bytewax_fraud.connectors import Outputs, make_outputs, make_source
 from bytewax_fraud.control.gate import CommandValidator, ModelGate
 from bytewax_fraud.errors import ModelChangedError, RecoveryError, StateError
-from bytewax_fraud.event_time import TimePolicy
 from bytewax_fraud.flow import build_flow
 from bytewax_fraud.inference.loader import ModelLoader
 from bytewax_fraud.inference.runtime import LoadedModel

@@ -20,6 +20,7 @@ from typing import Any
 
 from bytewax.operators import StatefulBatchLogic
 
+from bytewax_fraud.admission.event_time import CLOCK_KEY, PartitionClock, TimePolicy
 from bytewax_fraud.control.commands import ControlItem, ControlRejected
 from bytewax_fraud.control.deployment import (
     DEPLOYMENTS_KEY,
@@ -29,7 +30,6 @@ from bytewax_fraud.control.deployment import (
 )
 from bytewax_fraud.control.deployment import apply as apply_command
 from bytewax_fraud.errors import RecoveryError
-from bytewax_fraud.event_time import CLOCK_KEY, PartitionClock, TimePolicy
 from bytewax_fraud.inference.runtime import LoadedModel
 from bytewax_fraud.records import DeadLetter, EventBatch, ScoredBatch
 from bytewax_fraud.scoring import PartitionScorer

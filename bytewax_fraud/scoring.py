@@ -30,14 +30,14 @@ from json.encoder import encode_basestring_ascii as _json_str
 
 import numpy as np
 
-from bytewax_fraud import event_time
+from bytewax_fraud.admission import event_time
+from bytewax_fraud.admission.event_time import PartitionClock, TimePolicy
+from bytewax_fraud.admission.rejects import reject
 from bytewax_fraud.control.deployment import Deployment
 from bytewax_fraud.errors import RecoveryError
-from bytewax_fraud.event_time import PartitionClock, TimePolicy
 from bytewax_fraud.features import compute_features, merchant_code, push
 from bytewax_fraud.inference.runtime import LoadedModel
 from bytewax_fraud.records import DeadLetter, Event, EventBatch, ScoredBatch
-from bytewax_fraud.rejects import reject
 from bytewax_fraud.state.base import (
     HIGH_WATER_KEY,
     REPLAY_FLOOR_KEY,

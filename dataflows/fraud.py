@@ -3,16 +3,16 @@
 Run it with `python -m bytewax.run dataflows.fraud` (Bytewax's own flags), or
 with `python -m bytewax_fraud`, which also applies FRAUD_RECOVERY_DIR and the
 snapshot settings. `python -m bytewax_fraud --help` lists every setting. Both stop
-gracefully on SIGTERM or SIGINT (see `bytewax_fraud.shutdown`).
+gracefully on SIGTERM or SIGINT (see `bytewax_fraud.process.shutdown`).
 """
 
 import os
 import sys
 
-from bytewax_fraud import fatal, shutdown
 from bytewax_fraud.errors import SettingsError
 from bytewax_fraud.job import build_job
-from bytewax_fraud.services import start_services
+from bytewax_fraud.process import fatal, shutdown
+from bytewax_fraud.process.services import start_services
 from bytewax_fraud.settings import load_settings
 
 

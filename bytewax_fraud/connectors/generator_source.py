@@ -18,11 +18,11 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
-from bytewax_fraud import shutdown
 from bytewax_fraud.connectors.batching import DeadlineBatcher
 from bytewax_fraud.connectors.fault_inputs import FaultPlan, FaultyGeneratorPartition
 from bytewax_fraud.connectors.generator import TransactionGenerator
 from bytewax_fraud.partitioning import partition_of_routing_key, routing_key
+from bytewax_fraud.process import shutdown
 from bytewax_fraud.records import RawBatch
 from bytewax_fraud.status import STATS
 

@@ -13,8 +13,8 @@ import os
 import sys
 from pathlib import Path
 
+from bytewax_fraud.admission.event_time import CLOCK_KEY, PartitionClock, iso
 from bytewax_fraud.errors import FraudError, StateError
-from bytewax_fraud.event_time import CLOCK_KEY, PartitionClock, iso
 from bytewax_fraud.partitioning import partition_for
 from bytewax_fraud.state.base import USER_PREFIX, user_key
 from bytewax_fraud.state.codec import decode_one

@@ -23,10 +23,10 @@ import pytest
 from kafka_broker import Broker, tansu_broker
 from recovery_harness import ROOT, JobDirs, live_records, predictions, run, start
 
-from bytewax_fraud import fatal
 from bytewax_fraud.connectors import kafka_connection
 from bytewax_fraud.connectors.kafka.admin import admin_client, create_job_topics, create_topic
 from bytewax_fraud.errors import FraudError, StateDiskFull, StateError
+from bytewax_fraud.process import fatal
 from bytewax_fraud.settings import load_settings
 from bytewax_fraud.state.rocksdb import io_error
 from bytewax_fraud.tools.produce import generated, produce

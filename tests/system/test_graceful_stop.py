@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from recovery_harness import JobDirs, live_records, predictions, run
 
-from bytewax_fraud import shutdown
 from bytewax_fraud.connectors.generator_source import GeneratorSource
+from bytewax_fraud.process import shutdown
 
 EVENTS = 120_000
 TTL = 12 * 3600.0
@@ -79,7 +79,7 @@ def test_generator_partition_ends_on_request_and_resumes_from_its_snapshot(
 def test_second_signal_stops_at_once() -> None:
     code = (
         "import os, signal, time\n"
-        "from bytewax_fraud import shutdown\n"
+        "from bytewax_fraud.process import shutdown\n"
         "shutdown.install()\n"
         "os.kill(os.getpid(), signal.SIGTERM)\n"
         "assert shutdown.requested()\n"

@@ -9,10 +9,10 @@ from collections.abc import Iterator
 import pytest
 from kafka_broker import Broker
 
-from bytewax_fraud import shutdown
 from bytewax_fraud.connectors import kafka_connection
 from bytewax_fraud.connectors.kafka.admin import admin_client, create_topic
 from bytewax_fraud.connectors.kafka.source import KafkaTransactionSource
+from bytewax_fraud.process import shutdown
 from bytewax_fraud.settings import load_settings
 from bytewax_fraud.tools.produce import generated, produce
 

@@ -10,8 +10,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from bytewax_fraud.admission.event_time import TimePolicy
 from bytewax_fraud.connectors.generator import TransactionGenerator
-from bytewax_fraud.event_time import TimePolicy
 from bytewax_fraud.features import N_FEATURES, compute_features, merchant_code
 from bytewax_fraud.inference.runtime import LoadedModel, load_model
 from bytewax_fraud.parse import parse_message

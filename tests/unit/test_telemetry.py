@@ -24,8 +24,8 @@ from bytewax_fraud.connectors.generator import TransactionGenerator
 from bytewax_fraud.errors import SettingsError
 from bytewax_fraud.job import build_dataflow
 from bytewax_fraud.partitioning import partition_for
+from bytewax_fraud.process.services import start_services
 from bytewax_fraud.records import RawMessage
-from bytewax_fraud.services import start_services
 from bytewax_fraud.settings import load_settings
 from bytewax_fraud.status import STATS, RunStats
 from bytewax_fraud.telemetry import StatsCollector, start_exporter

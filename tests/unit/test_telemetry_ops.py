@@ -21,10 +21,10 @@ from kafka_broker import Broker
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from bytewax_fraud.admission.event_time import CLOCK_RANK
 from bytewax_fraud.connectors.generator_source import GeneratorSource
 from bytewax_fraud.connectors.kafka.admin import admin_client, create_topic
 from bytewax_fraud.connectors.kafka.source import KafkaPartitionReader
-from bytewax_fraud.event_time import CLOCK_RANK
 from bytewax_fraud.job import build_dataflow
 from bytewax_fraud.settings import load_settings
 from bytewax_fraud.state.manifest import partition_dir

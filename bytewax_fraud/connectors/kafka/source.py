@@ -29,10 +29,10 @@ from confluent_kafka import (
 )
 from confluent_kafka import KafkaError as ConfluentError
 
-from bytewax_fraud import shutdown
 from bytewax_fraud.connectors.kafka.continuity import OnDataLoss, resume_offset
 from bytewax_fraud.connectors.kafka.errors import KafkaConsumeError
 from bytewax_fraud.partitioning import partition_of_routing_key, routing_key
+from bytewax_fraud.process import shutdown
 from bytewax_fraud.records import RawBatch
 from bytewax_fraud.status import STATS
 

@@ -19,9 +19,9 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
+from bytewax_fraud.admission.rejects import reject
 from bytewax_fraud.partitioning import murmur2_many
 from bytewax_fraud.records import DeadLetter, EventBatch
-from bytewax_fraud.rejects import reject
 
 STAGE = "routing"
 WRONG_PARTITION = "WrongPartition"

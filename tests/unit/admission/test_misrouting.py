@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from bytewax_fraud.misrouting import partitions_of, reject_misrouted
+from bytewax_fraud.admission.misrouting import partitions_of, reject_misrouted
 from bytewax_fraud.partitioning import partition_for
 from bytewax_fraud.records import EventBatch
 

@@ -8,7 +8,7 @@ import random
 import numpy as np
 import pytest
 
-from bytewax_fraud.event_time import (
+from bytewax_fraud.admission.event_time import (
     ADMITTED,
     AHEAD,
     LATE,
