@@ -375,14 +375,20 @@ def _describe(error_type: str, text: str, value: object) -> str:
     return text
 
 
-def _dead(msg: RawMessage, stage: str, error_class: str, reason: str) -> DeadLetter:
-    reason = " ".join(reason.split())  # one line, whatever an exception message held
+def one_line_reason(reason: str) -> str:
+    """A dead letter's reason: one line, whatever an exception message held, at most
+    `MAX_REASON_CHARS` (cut with an ellipsis)."""
+    reason = " ".join(reason.split())
     if len(reason) > MAX_REASON_CHARS:
         reason = reason[: MAX_REASON_CHARS - 1] + "…"
+    return reason
+
+
+def _dead(msg: RawMessage, stage: str, error_class: str, reason: str) -> DeadLetter:
     return DeadLetter(
         stage=stage,
         error_class=error_class,
-        reason=reason,
+        reason=one_line_reason(reason),
         origin=Origin(
             source=msg.source,
             partition=msg.partition,

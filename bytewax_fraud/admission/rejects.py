@@ -11,7 +11,7 @@ import base64
 import json
 import math
 
-from bytewax_fraud.parse import MAX_REASON_CHARS
+from bytewax_fraud.parse import one_line_reason
 from bytewax_fraud.records import NO_LABEL, DeadLetter, EventBatch, Origin
 
 
@@ -36,15 +36,12 @@ def original_value(batch: EventBatch, i: int) -> bytes:
 
 def reject(batch: EventBatch, i: int, stage: str, error_class: str, reason: str) -> DeadLetter:
     """The dead letter of event `i` of `batch`."""
-    reason = " ".join(reason.split())
-    if len(reason) > MAX_REASON_CHARS:
-        reason = reason[: MAX_REASON_CHARS - 1] + "…"
     key = None if batch.keys is None else batch.keys[i]
     ts = None if batch.source_ts is None else float(batch.source_ts[i])
     return DeadLetter(
         stage=stage,
         error_class=error_class,
-        reason=reason,
+        reason=one_line_reason(reason),
         origin=Origin(
             source=batch.source,
             partition=batch.partition,

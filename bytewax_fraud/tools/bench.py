@@ -202,6 +202,22 @@ def _base_env() -> dict[str, str]:
     return env
 
 
+def _start_processes(
+    cmd: list[str], env: dict[str, str], d: Path, processes: int
+) -> list[subprocess.Popen[bytes]]:
+    """Start `processes` processes of `cmd` as one Bytewax cluster (logs and summaries in `d`)."""
+    addresses = ";".join(f"127.0.0.1:{p}" for p in _free_ports(processes))
+    procs: list[subprocess.Popen[bytes]] = []
+    for i in range(processes):
+        penv = dict(env, FRAUD_SUMMARY_FILE=str(d / f"summary-{i}.json"))
+        args = cmd + (["-i", str(i), "-a", addresses] if processes > 1 else [])
+        with open(d / f"log-{i}.txt", "wb") as log:
+            procs.append(
+                subprocess.Popen(args, cwd=ROOT, env=penv, stdout=log, stderr=subprocess.STDOUT)
+            )
+    return procs
+
+
 def run_dataflow(
     cfg: BenchConfig,
     name: str,
@@ -236,15 +252,7 @@ def run_dataflow(
     cmd = [sys.executable, "-m", "bytewax.run", "dataflows.fraud"]
     if threads > 1:
         cmd += ["-w", str(threads)]
-    addresses = ";".join(f"127.0.0.1:{p}" for p in _free_ports(processes))
-    procs: list[subprocess.Popen[bytes]] = []
-    for i in range(processes):
-        penv = dict(env, FRAUD_SUMMARY_FILE=str(d / f"summary-{i}.json"))
-        args = cmd + (["-i", str(i), "-a", addresses] if processes > 1 else [])
-        with open(d / f"log-{i}.txt", "wb") as log:
-            procs.append(
-                subprocess.Popen(args, cwd=ROOT, env=penv, stdout=log, stderr=subprocess.STDOUT)
-            )
+    procs = _start_processes(cmd, env, d, processes)
     samples = _poll_predictions(out / "predictions.jsonl", procs)
     codes = _wait(procs, 0.0)
     if any(rc != 0 for rc, _ in codes):
@@ -406,15 +414,7 @@ def run_kafka(
 
     env = _kafka_env(cfg, broker, prefix, t_in, t_pred, t_dl, d)
     cmd = [sys.executable, "-m", "bytewax.run", "dataflows.fraud"]
-    addresses = ";".join(f"127.0.0.1:{p}" for p in _free_ports(processes))
-    procs: list[subprocess.Popen[bytes]] = []
-    for i in range(processes):
-        penv = dict(env, FRAUD_SUMMARY_FILE=str(d / f"summary-{i}.json"))
-        args = cmd + (["-i", str(i), "-a", addresses] if processes > 1 else [])
-        with open(d / f"log-{i}.txt", "wb") as log:
-            procs.append(
-                subprocess.Popen(args, cwd=ROOT, env=penv, stdout=log, stderr=subprocess.STDOUT)
-            )
+    procs = _start_processes(cmd, env, d, processes)
     deadline = time.monotonic() + _RUN_TIMEOUT_S
     codes = _wait(procs, deadline)
     while any(rc is None for rc, _ in codes):
