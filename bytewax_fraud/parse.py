@@ -34,7 +34,6 @@ Notes on pydantic-core's JSON parser, which decide some of the cases above:
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import Iterable
 from typing import Annotated, Any
@@ -57,10 +56,8 @@ from bytewax_fraud.records import (
     RawBatch,
     RawMessage,
     Transaction,
+    dead_letter,
 )
-
-#: Longest `DeadLetter.reason`; longer ones are cut with an ellipsis.
-MAX_REASON_CHARS = 300
 
 _FIELDS = frozenset(Transaction.model_fields)
 #: The required fields' names as they appear quoted in JSON (the duplicate-key guard counts them).
@@ -375,27 +372,8 @@ def _describe(error_type: str, text: str, value: object) -> str:
     return text
 
 
-def one_line_reason(reason: str) -> str:
-    """A dead letter's reason: one line, whatever an exception message held, at most
-    `MAX_REASON_CHARS` (cut with an ellipsis)."""
-    reason = " ".join(reason.split())
-    if len(reason) > MAX_REASON_CHARS:
-        reason = reason[: MAX_REASON_CHARS - 1] + "…"
-    return reason
-
-
 def _dead(msg: RawMessage, stage: str, error_class: str, reason: str) -> DeadLetter:
-    return DeadLetter(
-        stage=stage,
-        error_class=error_class,
-        reason=one_line_reason(reason),
-        origin=Origin(
-            source=msg.source,
-            partition=msg.partition,
-            offset=msg.offset,
-            timestamp=msg.timestamp,
-        ),
-        key=None if msg.key is None else msg.key.decode("utf-8", errors="replace"),
-        value_b64=base64.b64encode(msg.value or b"").decode("ascii"),
-        key_b64=None if msg.key is None else base64.b64encode(msg.key).decode("ascii"),
+    origin = Origin(
+        source=msg.source, partition=msg.partition, offset=msg.offset, timestamp=msg.timestamp
     )
+    return dead_letter(stage, error_class, reason, origin, msg.key, msg.value or b"")

@@ -13,6 +13,7 @@ custom sources); scoring returns a `ScoredBatch`.
 
 from __future__ import annotations
 
+import base64
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -130,6 +131,32 @@ class DeadLetter(BaseModel):
     value_b64: str
     #: The original key bytes, base64-encoded (`key` is only their lossy UTF-8 reading).
     key_b64: str | None = None
+
+
+#: Longest `DeadLetter.reason`; longer ones are cut with an ellipsis.
+MAX_REASON_CHARS = 300
+
+
+def dead_letter(
+    stage: str, error_class: str, reason: str, origin: Origin, key: bytes | None, value: bytes
+) -> DeadLetter:
+    """The dead letter of one message: its original key and value bytes, the reason on one line.
+
+    The reason is cut to `MAX_REASON_CHARS` (with an ellipsis), whatever an exception
+    message held; the key is also kept as its lossy UTF-8 reading, for people.
+    """
+    reason = " ".join(reason.split())
+    if len(reason) > MAX_REASON_CHARS:
+        reason = reason[: MAX_REASON_CHARS - 1] + "…"
+    return DeadLetter(
+        stage=stage,
+        error_class=error_class,
+        reason=reason,
+        origin=origin,
+        key=None if key is None else key.decode("utf-8", errors="replace"),
+        value_b64=base64.b64encode(value).decode("ascii"),
+        key_b64=None if key is None else base64.b64encode(key).decode("ascii"),
+    )
 
 
 def dead_letter_json(dl: DeadLetter) -> bytes:

@@ -7,12 +7,10 @@ class and a one-line reason.
 
 from __future__ import annotations
 
-import base64
 import json
 import math
 
-from bytewax_fraud.parse import one_line_reason
-from bytewax_fraud.records import NO_LABEL, DeadLetter, EventBatch, Origin
+from bytewax_fraud.records import NO_LABEL, DeadLetter, EventBatch, Origin, dead_letter
 
 
 def original_value(batch: EventBatch, i: int) -> bytes:
@@ -36,19 +34,12 @@ def original_value(batch: EventBatch, i: int) -> bytes:
 
 def reject(batch: EventBatch, i: int, stage: str, error_class: str, reason: str) -> DeadLetter:
     """The dead letter of event `i` of `batch`."""
-    key = None if batch.keys is None else batch.keys[i]
     ts = None if batch.source_ts is None else float(batch.source_ts[i])
-    return DeadLetter(
-        stage=stage,
-        error_class=error_class,
-        reason=one_line_reason(reason),
-        origin=Origin(
-            source=batch.source,
-            partition=batch.partition,
-            offset=int(batch.offsets[i]),
-            timestamp=None if ts is None or math.isnan(ts) else ts,
-        ),
-        key=None if key is None else key.decode("utf-8", errors="replace"),
-        value_b64=base64.b64encode(original_value(batch, i)).decode("ascii"),
-        key_b64=None if key is None else base64.b64encode(key).decode("ascii"),
+    origin = Origin(
+        source=batch.source,
+        partition=batch.partition,
+        offset=int(batch.offsets[i]),
+        timestamp=None if ts is None or math.isnan(ts) else ts,
     )
+    key = None if batch.keys is None else batch.keys[i]
+    return dead_letter(stage, error_class, reason, origin, key, original_value(batch, i))

@@ -17,10 +17,11 @@ from typing import Any
 
 import pytest
 
-from bytewax_fraud.parse import MAX_REASON_CHARS, parse_message, split
+from bytewax_fraud.parse import parse_message, split
 from bytewax_fraud.records import (
     MAX_ID_LENGTH,
     MAX_MESSAGE_BYTES,
+    MAX_REASON_CHARS,
     DeadLetter,
     Event,
     RawMessage,
