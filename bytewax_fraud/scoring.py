@@ -239,29 +239,32 @@ class PartitionScorer:
         )
 
     def _groups(self, batch: EventBatch) -> _Groups:
-        """Group the events by user, in order; code the merchants."""
+        """Group the events by user, in order; code the merchants (no Python loop per event)."""
+        n = len(batch)
+        users = list(dict.fromkeys(batch.user_ids))  # distinct, in order of first appearance
+        rows = {u: i for i, u in enumerate(users)}
+        row_of = np.fromiter(map(rows.__getitem__, batch.user_ids), np.intp, n)
+        # A user's k-th event is in wave k: its rank among its user's events.
+        order = np.argsort(row_of, kind="stable")
+        ranked = row_of[order]
+        first = np.flatnonzero(np.r_[True, ranked[1:] != ranked[:-1]])
+        wave_of = np.empty(n, np.intp)
+        wave_of[order] = np.arange(n) - np.repeat(first, np.diff(np.r_[first, n]))
+        return _Groups(
+            users=users, row_of=row_of, wave_of=wave_of, merchant=self._merchant_array(batch)
+        )
+
+    def _merchant_array(self, batch: EventBatch) -> np.ndarray:
+        """The merchants' codes, from a bounded cache."""
         codes = self._merchant_codes
         if len(codes) > 200_000:
             codes.clear()  # a bound on the merchant-code cache
-        rows: dict[str, int] = {}
-        seen: dict[str, int] = {}
-        row_list = []
-        wave_list = []
-        for uid in batch.user_ids:
-            row_list.append(rows.setdefault(uid, len(rows)))
-            k = seen.get(uid, 0)
-            seen[uid] = k + 1
-            wave_list.append(k)
-        return _Groups(
-            users=list(rows),
-            row_of=np.asarray(row_list, np.intp),
-            wave_of=np.asarray(wave_list, np.intp),
-            merchant=np.fromiter(
-                [codes.get(m) or codes.setdefault(m, merchant_code(m)) for m in batch.merchants],
-                np.uint32,
-                len(batch),
-            ),
-        )
+        got = list(map(codes.get, batch.merchants))
+        if None in got:
+            for i, m in enumerate(batch.merchants):
+                if got[i] is None:
+                    got[i] = codes[m] = merchant_code(m)
+        return np.fromiter(got, np.uint32, len(got))
 
     def _apply_waves(
         self, b: EventBatch, g: _Groups, st: UserStates, model: LoadedModel

@@ -23,6 +23,8 @@ MASK = "********"
 
 #: librdkafka's defaults that the limits below must not shrink.
 _FETCH_MAX_BYTES = 52_428_800
+#: The consumers' `fetch.wait.max.ms` unless FRAUD_KAFKA_PROPERTIES sets it.
+FETCH_WAIT_MS = 10
 
 
 def is_secret(key: str) -> bool:
@@ -128,6 +130,11 @@ class KafkaConnection:
             "max.partition.fetch.bytes": limit,
             "fetch.max.bytes": fetch_max,
             "receive.message.max.bytes": fetch_max + 1_048_576,
+            # How long the broker may hold a fetch while the partition has nothing new.
+            # Kafka answers as soon as data arrives, so this only bounds an idle wait;
+            # brokers that hold the whole time (tansu) add it to every message's latency
+            # (librdkafka's 500 ms default: p50 155 ms on tansu; 10 ms: 30 ms).
+            "fetch.wait.max.ms": FETCH_WAIT_MS,
         }
         config.update(self.user_properties())
         return config

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import numpy as np
@@ -129,6 +130,8 @@ class KafkaPartitionReader(_KafkaSourcePartition):
             step_id, config, topic, partition, starting_offset, resume_state, batch_size, True
         )
         self._timeout = timeout_s
+        #: Monotonic time of the next read; 0: read at once (the last read filled a batch).
+        self._next_read = 0.0
         self._errors_logged = 0
         self._on_data_loss = on_data_loss
         self._tp = TopicPartition(topic, partition)
@@ -143,7 +146,12 @@ class KafkaPartitionReader(_KafkaSourcePartition):
             if self._offset < 0:
                 self._resolve_start()
             raise StopIteration()
-        msgs = self._consumer.consume(self._batch_size, self._timeout)
+        # Never block: a worker reads all its partitions in turn, and a wait in one would
+        # hold up the others. What has arrived is taken now; after a short read the next
+        # one comes `timeout_s` later, so batches still fill at moderate rates and no
+        # message waits longer than that in the consumer's queue (see `next_awake`).
+        msgs = self._consumer.consume(self._batch_size, 0)
+        self._next_read = 0.0 if len(msgs) >= self._batch_size else time.monotonic() + self._timeout
         now_ns = time.time_ns()
         values: list[bytes | None] = []
         keys: list[bytes | None] = []
@@ -168,6 +176,13 @@ class KafkaPartitionReader(_KafkaSourcePartition):
         self._record_lag()
         offs = np.asarray(offsets, np.int64)
         return [RawBatch(self._topic, self._part_idx, offs, values, keys, stamps, now_ns)]
+
+    def next_awake(self) -> datetime | None:
+        """Now after a full batch (more is likely waiting), else `timeout_s` after the last read."""
+        if self._eof or self._next_read == 0.0:
+            return None
+        delay = self._next_read - time.monotonic()
+        return datetime.now(UTC) + timedelta(seconds=max(delay, 0.0))
 
     def _on_error(self, err: ConfluentError) -> None:
         code = err.code()
