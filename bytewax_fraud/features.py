@@ -41,6 +41,15 @@ def merchant_code(merchant: str) -> int:
     return zlib.crc32(merchant.encode("utf-8"))
 
 
+def merchant_codes(merchants: list[str]) -> U32:
+    """`merchant_code` of each merchant id.
+
+    Computed every time: CRC-32 of a short id costs ~0.08 us, a lookup in a cache of
+    200k merchants ~0.5 us (the table does not fit the CPU caches).
+    """
+    return np.fromiter(map(zlib.crc32, map(str.encode, merchants)), np.uint32, len(merchants))
+
+
 def valid_mask(count: npt.ArrayLike, window_size: int) -> npt.NDArray[np.bool_]:
     """[B, N] mask of the valid (filled) window columns."""
     c = np.asarray(count).reshape(-1, 1)

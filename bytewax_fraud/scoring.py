@@ -35,7 +35,7 @@ from bytewax_fraud.admission.event_time import PartitionClock, TimePolicy
 from bytewax_fraud.admission.rejects import reject
 from bytewax_fraud.control.deployment import Deployment
 from bytewax_fraud.errors import RecoveryError
-from bytewax_fraud.features import compute_features, merchant_code, push
+from bytewax_fraud.features import compute_features, merchant_codes, push
 from bytewax_fraud.inference.runtime import LoadedModel
 from bytewax_fraud.records import DeadLetter, Event, EventBatch, ScoredBatch
 from bytewax_fraud.state.base import (
@@ -90,7 +90,6 @@ class PartitionScorer:
         self.clock = PartitionClock(self.policy.rank)
         #: One past the largest offset applied (for outbox pruning).
         self.high_water = 0
-        self._merchant_codes: dict[str, int] = {}
 
     def score(self, events: EventBatch | Sequence[Event]) -> ScoredBatch:
         """Score events (in partition order), splitting into batches of at most `batch_max`."""
@@ -251,20 +250,8 @@ class PartitionScorer:
         wave_of = np.empty(n, np.intp)
         wave_of[order] = np.arange(n) - np.repeat(first, np.diff(np.r_[first, n]))
         return _Groups(
-            users=users, row_of=row_of, wave_of=wave_of, merchant=self._merchant_array(batch)
+            users=users, row_of=row_of, wave_of=wave_of, merchant=merchant_codes(batch.merchants)
         )
-
-    def _merchant_array(self, batch: EventBatch) -> np.ndarray:
-        """The merchants' codes, from a bounded cache."""
-        codes = self._merchant_codes
-        if len(codes) > 200_000:
-            codes.clear()  # a bound on the merchant-code cache
-        got = list(map(codes.get, batch.merchants))
-        if None in got:
-            for i, m in enumerate(batch.merchants):
-                if got[i] is None:
-                    got[i] = codes[m] = merchant_code(m)
-        return np.fromiter(got, np.uint32, len(got))
 
     def _apply_waves(
         self, b: EventBatch, g: _Groups, st: UserStates, model: LoadedModel
