@@ -83,7 +83,13 @@ class Settings(BaseSettings):
     )
     batch_max: int = Field(1024, ge=1, le=100_000, description="largest inference batch")
     batch_timeout_ms: float = Field(
-        5.0, ge=0, le=60_000, description="longest wait to fill a source batch, in ms"
+        5.0,
+        ge=0,
+        le=60_000,
+        description=(
+            "longest wait to fill a source batch, in ms (Kafka: the pause before re-reading"
+            " a partition whose last read did not fill a batch)"
+        ),
     )
     status_interval: float = Field(
         5.0, ge=0, description="seconds between status lines on stderr (0: off)"

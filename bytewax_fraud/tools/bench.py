@@ -305,7 +305,7 @@ def _poll_predictions(path: Path, procs: list[subprocess.Popen[bytes]]) -> list[
                     samples.append((time.monotonic(), lines))
             if done:
                 return samples
-            time.sleep(0.005)
+            time.sleep(0.02)  # reading the file costs CPU the job would otherwise get
     finally:
         if f is not None:
             f.close()
