@@ -61,6 +61,8 @@ class PartitionConfig:
     kill_at_snapshot: int | None = None  # fault injection for recovery tests
     #: Write-back buffer per partition store, in bytes (0: every batch writes through).
     buffer_bytes: int = 0
+    #: Users' records kept in memory per partition, in bytes (0: every batch reads the store).
+    cache_bytes: int = 0
     #: Future skew, allowed lateness and clock rank (see event_time.py).
     time_policy: TimePolicy = TimePolicy()
 
@@ -140,7 +142,14 @@ class PartitionLogic(StatefulBatchLogic[PartitionBatch, Outbound, dict[str, Any]
         c = self._config
         store = open_store(c, partition, self._resume is not None)
         scorer = PartitionScorer(
-            partition, store, c.model, c.window, c.ttl_seconds, c.batch_max, c.time_policy
+            partition,
+            store,
+            c.model,
+            c.window,
+            c.ttl_seconds,
+            c.batch_max,
+            c.time_policy,
+            c.cache_bytes,
         )
         if self._resume is not None:
             scorer.high_water = int(self._resume["high_water"])

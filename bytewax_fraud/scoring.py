@@ -47,6 +47,7 @@ from bytewax_fraud.state.base import (
     outbox_keys,
     user_key,
 )
+from bytewax_fraud.state.cache import RecordCache
 from bytewax_fraud.state.codec import UserStates, decode, decode_headers, encode
 from bytewax_fraud.state.outbox import decode_rejection, encode_entry, encode_rejection, read_lines
 
@@ -77,6 +78,7 @@ class PartitionScorer:
         ttl_seconds: float,
         batch_max: int = 1024,
         policy: TimePolicy | None = None,
+        cache_bytes: int = 0,
     ) -> None:
         self.partition = partition
         self.store = store
@@ -90,6 +92,8 @@ class PartitionScorer:
         self.clock = PartitionClock(self.policy.rank)
         #: One past the largest offset applied (for outbox pruning).
         self.high_water = 0
+        #: Recently seen users' records, so that most of a batch is not read from the store.
+        self.cache = RecordCache(cache_bytes)
 
     def score(self, events: EventBatch | Sequence[Event]) -> ScoredBatch:
         """Score events (in partition order), splitting into batches of at most `batch_max`."""
@@ -185,7 +189,9 @@ class PartitionScorer:
             return _empty()
         g = self._groups(batch)
         user_keys = [user_key(u) for u in g.users]
-        st = decode(self.store.get_many(user_keys), self.window, model.hidden_size, model.tag)
+        st = decode(
+            self.cache.get_many(user_keys, self.store), self.window, model.hidden_size, model.tag
+        )
         fate, late, dirty, prob, expired, late_ok, infer = self._apply_waves(batch, g, st, model)
         lines, latency = self._lines(batch, prob, model)
         replayed = np.flatnonzero(fate == _FENCED).tolist()
@@ -197,8 +203,12 @@ class PartitionScorer:
             fresh = np.flatnonzero(fate == _APPLIED)
             fresh_lines, fresh_offsets = [lines[i] for i in fresh.tolist()], batch.offsets[fresh]
         d = np.flatnonzero(dirty)
-        keys += [user_keys[j] for j in d.tolist()]
-        values += encode(st.take(d), model.tag)
+        written_keys = [user_keys[j] for j in d.tolist()]
+        written = encode(st.take(d), model.tag)
+        # A failed store write stops the job, so the cache may learn them before it.
+        self.cache.put(written_keys, written)
+        keys += written_keys
+        values += written
         if fresh_lines:
             box_key, box = encode_entry(fresh_offsets, fresh_lines)
             keys.append(box_key)
@@ -407,6 +417,7 @@ class PartitionScorer:
         if doomed:
             # The floor in the same atomic write: a restart from offset 0 is no longer safe.
             self.store.write([REPLAY_FLOOR_KEY], [safe_offset.to_bytes(8, "big")], doomed)
+            self.cache.drop(doomed)
         nxt = items[-1][0] + b"\x00"
         return (nxt if len(items) == limit else None), len(doomed)
 

@@ -98,6 +98,15 @@ class Settings(BaseSettings):
         10.0, gt=0, description="seconds between TTL sweep steps of a partition"
     )
     sweep_chunk: int = Field(10_000, ge=1, description="records examined per TTL sweep step")
+    state_cache_mb: float = Field(
+        16.0,
+        ge=0,
+        le=4096,
+        description=(
+            "recently seen users' records kept in memory per partition, so a batch reads only"
+            " the others from RocksDB (0: off; every record is still written to RocksDB)"
+        ),
+    )
     state_buffer_mb: float = Field(
         0.0,
         ge=0,

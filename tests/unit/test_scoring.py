@@ -224,3 +224,42 @@ def test_a_new_model_resets_hidden_state_but_keeps_the_window(
     assert json.loads(scored.lines[0])["model"] == gru.label
     rec = decode_one(store.get_many([user_key("bob")])[0] or b"")
     assert rec["count"] == 2 and rec["hidden_size"] == gru.hidden_size
+
+
+@pytest.mark.parametrize("cache_bytes", [130_000, 1 << 24])
+def test_the_record_cache_changes_no_score_and_no_record(
+    gru: LoadedModel, cache_bytes: int
+) -> None:
+    """With the cache (small: emptied again and again; large: everyone fits), as without it."""
+    events = generated_events(3000, users=200)
+    plain_store, cached_store = MemoryStore(), MemoryStore()
+    plain = PartitionScorer(0, plain_store, gru, 10, 30 * DAY, batch_max=256)
+    cached = PartitionScorer(0, cached_store, gru, 10, 30 * DAY, 256, cache_bytes=cache_bytes)
+    for lo in range(0, len(events), 500):
+        a = plain.score(events[lo : lo + 500])
+        b = cached.score(events[lo : lo + 500])
+        assert strip_latency(b.lines) == strip_latency(a.lines)
+
+    # Records and marks alike (outbox entries hold the lines: their latency_ms differs).
+    def kept(store: MemoryStore) -> dict[bytes, bytes]:
+        return {k: v for k, v in store._data.items() if not k.startswith(b"o")}
+
+    assert kept(cached_store) == kept(plain_store) and len(kept(plain_store)) > 200
+    users = len({ev.tx.user_id for ev in events})
+    assert cached.cache.hits > 0
+    # Large: each user is read from the store once; small: again after each emptying.
+    assert cached.cache.misses == users if cache_bytes > 1e6 else cached.cache.misses > users
+
+
+def test_a_swept_user_is_new_again_with_the_cache(gru: LoadedModel) -> None:
+    """The sweep deletes a record from the store and from the cache: its user starts afresh."""
+    store = MemoryStore()
+    scorer = PartitionScorer(
+        0, store, gru, 10, ttl_seconds=DAY, policy=TimePolicy(rank=1), cache_bytes=1 << 20
+    )
+    scorer.score([event("gone", 9.0, T0, "m", 0), event("gone", 9.5, T0 + 60, "m", 1)])
+    scorer.score([event("other", 1.0, T0 + 10 * DAY, "m", 2)])
+    _, deleted = scorer.sweep(b"u", 100, safe_offset=3)
+    assert deleted == 1 and store.get_many([user_key("gone")]) == [None]
+    scorer.score([event("gone", 10.0, T0 + 10 * DAY + 1, "m", 3)])
+    assert decode_one(store.get_many([user_key("gone")])[0] or b"")["count"] == 1
