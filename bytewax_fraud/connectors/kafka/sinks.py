@@ -71,6 +71,9 @@ class _ProducerPartition:
     """One worker's producer: produce, flush, and fail loudly on undelivered messages."""
 
     def __init__(self, config: dict[str, Any], topic: str) -> None:
+        # Delivery reports (a Python callback each) only for the messages that failed: the
+        # sink counts those and raises; a success needs no report (~0.4 us per message).
+        config = {"delivery.report.only.error": True, **config}
         try:
             self._producer = Producer(config)
         except KafkaException as exc:
@@ -140,10 +143,13 @@ class _ProducerPartition:
 
 class _PredictionPartition(_ProducerPartition, StatelessSinkPartition[tuple[str, ScoredBatch]]):
     def write_batch(self, items: list[tuple[str, ScoredBatch]]) -> None:
-        produce = self._produce
+        produce, topic, report = self._producer.produce, self._topic, self._on_delivery
         for _, scored in items:
             for user, line in zip(scored.user_ids, scored.lines, strict=True):
-                produce(user.encode(), line, None)
+                try:
+                    produce(topic, line, user.encode(), on_delivery=report)
+                except (BufferError, KafkaException):  # queue full, or one bad message
+                    self._produce(user.encode(), line, None)
             self._producer.poll(0)
         self._flush()
 

@@ -26,6 +26,7 @@ from confluent_kafka import (
     OFFSET_END,
     TIMESTAMP_NOT_AVAILABLE,
     KafkaException,
+    Message,
     TopicPartition,
 )
 from confluent_kafka import KafkaError as ConfluentError
@@ -153,20 +154,16 @@ class KafkaPartitionReader(_KafkaSourcePartition):
         msgs = self._consumer.consume(self._batch_size, 0)
         self._next_read = 0.0 if len(msgs) >= self._batch_size else time.monotonic() + self._timeout
         now_ns = time.time_ns()
-        values: list[bytes | None] = []
-        keys: list[bytes | None] = []
-        offsets: list[int] = []
-        stamps: list[float | None] = []
-        for msg in msgs:
-            err = msg.error()
-            if err is not None:
-                self._on_error(err)
-                continue
-            ts_type, ts_ms = msg.timestamp()
-            values.append(msg.value())
-            keys.append(msg.key())
-            offsets.append(msg.offset())  # type: ignore[arg-type]
-            stamps.append(None if ts_type == TIMESTAMP_NOT_AVAILABLE else ts_ms / 1000.0)
+        if any([m.error() for m in msgs]):
+            msgs = self._without_errors(msgs)
+        # Columns straight from the messages, one comprehension per field.
+        values: list[bytes | None] = [m.value() for m in msgs]
+        keys: list[bytes | None] = [m.key() for m in msgs]
+        offsets: list[int] = [m.offset() for m in msgs]  # type: ignore[misc]
+        stamps: list[float | None] = [
+            None if t == TIMESTAMP_NOT_AVAILABLE else ms / 1000.0
+            for t, ms in [m.timestamp() for m in msgs]
+        ]
         if not offsets:
             if self._offset < 0:
                 self._resolve_start()
@@ -176,6 +173,17 @@ class KafkaPartitionReader(_KafkaSourcePartition):
         self._record_lag()
         offs = np.asarray(offsets, np.int64)
         return [RawBatch(self._topic, self._part_idx, offs, values, keys, stamps, now_ns)]
+
+    def _without_errors(self, msgs: list[Message]) -> list[Message]:
+        """The messages that carry data; each error event is handled (end, gap, outage)."""
+        kept = []
+        for msg in msgs:
+            err = msg.error()
+            if err is None:
+                kept.append(msg)
+            else:
+                self._on_error(err)
+        return kept
 
     def next_awake(self) -> datetime | None:
         """Now after a full batch (more is likely waiting), else `timeout_s` after the last read."""
