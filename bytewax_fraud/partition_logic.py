@@ -188,7 +188,12 @@ class PartitionLogic(StatefulBatchLogic[PartitionBatch, Outbound, dict[str, Any]
             return []
         batch = EventBatch.concat(events)
         self._seen = max(self._seen, int(batch.offsets.max()) + 1)
+        cache = scorer.cache
+        hits, misses = cache.hits, cache.misses
         scored = scorer.score(batch)
+        with STATS.lock:
+            STATS.cache_hits += cache.hits - hits
+            STATS.cache_misses += cache.misses - misses
         STATS.record_event_time(scorer.partition, scorer.clock.now, scored.late_accepted)
         if not scored.lines:
             return list(scored.dead_letters)

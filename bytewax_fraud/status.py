@@ -92,6 +92,9 @@ class RunStats:
     replayed: int = 0
     expired: int = 0
     swept: int = 0
+    #: User records found in the partitions' record caches, and read from the store instead.
+    cache_hits: int = 0
+    cache_misses: int = 0
     dead_letters: Counter[str] = field(default_factory=Counter)
     #: Messages a sink could not deliver (the run then fails, and recovery replays them).
     delivery_failures: int = 0
@@ -253,6 +256,8 @@ class RunStats:
                 "late_accepted": self.late_accepted,
                 "expired": self.expired,
                 "swept": self.swept,
+                "cache_hits": self.cache_hits,
+                "cache_misses": self.cache_misses,
                 "delivery_failures": self.delivery_failures,
                 "input_lost": sum(self.input_lost.values()),
                 "elapsed_s": round(elapsed, 3),

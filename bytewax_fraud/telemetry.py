@@ -64,6 +64,8 @@ class StatsCollector(Collector):
                 "replayed": s.replayed,
                 "expired": s.expired,
                 "swept": s.swept,
+                "cache_hits": s.cache_hits,
+                "cache_misses": s.cache_misses,
                 "delivery_failures": s.delivery_failures,
                 "late_accepted": s.late_accepted,
             }
@@ -120,6 +122,8 @@ class StatsCollector(Collector):
             ("replayed", "Events seen again after a resume (fenced, not applied twice)"),
             ("expired", "Users whose state had passed the TTL when their next event came"),
             ("swept", "Expired user records deleted by the TTL sweep"),
+            ("cache_hits", "User records found in memory (FRAUD_STATE_CACHE_MB)"),
+            ("cache_misses", "User records read from RocksDB (not in memory, or new users)"),
             ("delivery_failures", "Messages a producer could not deliver (the run then fails)"),
             (
                 "late_accepted",

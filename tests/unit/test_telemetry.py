@@ -86,6 +86,7 @@ def test_collector_exports_exact_values() -> None:
     stats.record_dead_letters(["JSONDecodeError", "ValidationError", "JSONDecodeError"])
     stats.record_snapshot(3, 0.002, 1234)
     stats.record_delivery_failures(4)
+    stats.cache_hits, stats.cache_misses = 7, 5
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StatsCollector(stats))
     m = parse(generate_latest(registry).decode())
@@ -98,6 +99,8 @@ def test_collector_exports_exact_values() -> None:
     assert value(m, "fraud_expired_total") == 2
     assert value(m, "fraud_ttl_expired_total", partition="3") == 2
     assert value(m, "fraud_delivery_failures_total") == 4
+    assert value(m, "fraud_cache_hits_total") == 7
+    assert value(m, "fraud_cache_misses_total") == 5
     assert value(m, "fraud_state_keys", partition="3") == 1234
     assert value(m, "fraud_model_info", model="m@abc") == 1
     assert value(m, "fraud_model_rollout") == 0.25
@@ -195,6 +198,13 @@ def test_scraped_metrics_match_the_run(tmp_path: Path, bad_corpus: list[dict[str
         assert users[p] > 0
     assert value(after, "fraud_model_info", model=STATS.model) == 1
     assert STATS.model.startswith("fraud_gru@")
+    # Each user's record is read from RocksDB once (the cache holds them all), then from memory.
+    reads = (
+        delta(after, before, "fraud_cache_hits_total"),
+        delta(after, before, "fraud_cache_misses_total"),
+    )
+    assert reads[1] == len({json.loads(x)["user_id"] for x in preds})
+    assert reads[0] > 0 and sum(reads) <= len(preds)
 
 
 def test_exporter_starts_once_per_port() -> None:
