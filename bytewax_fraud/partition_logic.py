@@ -266,14 +266,25 @@ class PartitionLogic(StatefulBatchLogic[PartitionBatch, Outbound, dict[str, Any]
         }
 
     def _disk_bytes(self, partition: int) -> int:
-        """Bytes of the partition's store on disk (SST files, WAL, manifest): a few stats."""
         assert self._config.state_dir is not None
-        total = 0
-        with os.scandir(partition_dir(self._config.state_dir, partition)) as entries:
-            for entry in entries:
+        return dir_bytes(partition_dir(self._config.state_dir, partition))
+
+
+def dir_bytes(path: Path) -> int:
+    """Bytes of the files in a store's directory (SST files, WAL, manifest): a few stats.
+
+    RocksDB deletes files in the background (after a compaction or a flush), so a
+    file listed a moment ago may be gone when it is stat'ed: it no longer counts.
+    """
+    total = 0
+    with os.scandir(path) as entries:
+        for entry in entries:
+            try:
                 if entry.is_file(follow_symlinks=False):
                     total += entry.stat(follow_symlinks=False).st_size
-        return total
+            except FileNotFoundError:
+                continue
+    return total
 
 
 _snapshots_taken = 0

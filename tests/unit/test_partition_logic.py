@@ -8,12 +8,15 @@ prune entries that a second crash's replay needs.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from bytewax_fraud import partition_logic
 from bytewax_fraud.connectors.generator import TransactionGenerator
 from bytewax_fraud.features import N_FEATURES
 from bytewax_fraud.inference.runtime import LoadedModel, load_model
@@ -84,3 +87,15 @@ def test_snapshots_during_a_slow_replay_keep_what_the_next_replay_needs(
     assert replayed + again == emitted  # byte for byte, from the outbox
     assert third._scorer is not None
     third._scorer.store.close()
+
+
+def test_disk_bytes_skip_a_file_deleted_between_listing_and_stat(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RocksDB deletes SST files in the background; a snapshot must not fail on one."""
+    (tmp_path / "000007.sst").write_bytes(b"x" * 100)
+    (tmp_path / "000009.sst").write_bytes(b"y" * 30)
+    listed = list(os.scandir(tmp_path))
+    (tmp_path / "000007.sst").unlink()  # a compaction removed it after the listing
+    monkeypatch.setattr(partition_logic.os, "scandir", lambda _: contextlib.nullcontext(listed))
+    assert partition_logic.dir_bytes(tmp_path) == 30
