@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import time
 import urllib.error
 import urllib.request
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import bytewax.operators as op
@@ -238,3 +240,9 @@ def test_items_and_snapshots_pass_through_unchanged() -> None:
     run_main(flow)
     assert out == [1, 2, 3]
     assert progress.view().epochs >= 1
+
+
+def test_k8s_liveness_asks_livez_and_readiness_stays_on_metrics() -> None:
+    manifest = (Path(__file__).resolve().parents[3] / "deploy/k8s/statefulset.yaml").read_text()
+    probes = dict(re.findall(r"(\w+Probe):\s*\n\s*httpGet: \{path: (\S+),", manifest))
+    assert probes == {"readinessProbe": "/metrics", "livenessProbe": "/livez"}
