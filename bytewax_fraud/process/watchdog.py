@@ -44,10 +44,11 @@ def stall_reason(progress: Progress, timeout: float) -> str | None:
         return None
     error = ClusterStalled(
         f"no epoch completed for {age:.0f} s (FRAUD_STALL_TIMEOUT={timeout:g} s); a peer of"
-        " the cluster may be unreachable (network partition) or hung. Fix: check that every"
-        " process runs and that they reach each other on their -a addresses, then restart them"
-        " all: the job resumes from its last snapshot (FRAUD_STALL_EXIT=false keeps the process"
-        " up with /livez failing instead)"
+        " the cluster may be unreachable (network partition) or hung, or a step of this process"
+        " hangs. Fix: check that every process runs and that they reach each other on their -a"
+        " addresses (`py-spy dump --pid PID` shows a hung step), then restart them all: the job"
+        " resumes from its last snapshot (FRAUD_STALL_EXIT=false keeps the process up with"
+        " /livez failing instead)"
     )
     return f"{type(error).__name__}: {error}"
 
