@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import subprocess
@@ -30,6 +31,7 @@ from bytewax_fraud.process.watchdog import (
     effective_timeout,
     stall_reason,
 )
+from bytewax_fraud.settings import load_settings
 from bytewax_fraud.status import RunStats
 from bytewax_fraud.telemetry import start_exporter
 
@@ -246,3 +248,30 @@ def test_k8s_liveness_asks_livez_and_readiness_stays_on_metrics() -> None:
     manifest = (Path(__file__).resolve().parents[3] / "deploy/k8s/statefulset.yaml").read_text()
     probes = dict(re.findall(r"(\w+Probe):\s*\n\s*httpGet: \{path: (\S+),", manifest))
     assert probes == {"readinessProbe": "/metrics", "livenessProbe": "/livez"}
+
+
+def test_stall_settings_parse_durations_and_refuse_nonsense() -> None:
+    assert load_settings(stall_timeout="2m").stall_timeout == 120.0
+    assert load_settings().stall_timeout is None
+    assert load_settings(stall_exit="false").stall_exit is False
+    with pytest.raises(SettingsError, match="FRAUD_STALL_TIMEOUT='soon'"):
+        load_settings(stall_timeout="soon")
+
+
+def test_a_timeout_too_short_for_the_snapshot_interval_fails_at_start(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "FRAUD_STALL_TIMEOUT": "4",
+        "FRAUD_SNAPSHOT_INTERVAL": "5",
+        "FRAUD_RECOVERY_DIR": str(tmp_path / "recovery"),
+        "FRAUD_STATE_DIR": str(tmp_path / "state"),
+        "FRAUD_OUTPUT_DIR": str(tmp_path / "out"),
+        "FRAUD_EVENTS": "10",
+    }
+    p = subprocess.run(
+        [sys.executable, "-m", "bytewax_fraud"], env=env, capture_output=True, timeout=120
+    )
+    assert p.returncode == 2
+    assert "error: SettingsError: FRAUD_STALL_TIMEOUT=4 s is under 3 epoch intervals" in (
+        p.stderr.decode()
+    )
