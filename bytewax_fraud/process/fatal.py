@@ -184,16 +184,22 @@ def _filter_stderr() -> None:
     atexit.register(restore)
 
 
-def exit_now(line: str, status: int) -> NoReturn:
+def exit_now(line: str, status: int, last_words: Callable[[], None] | None = None) -> NoReturn:
     """Print `line` as an error and end the process at once, from any thread.
 
     For a process that cannot finish (its workers wait on a peer forever): no
-    exit hook runs and no thread is joined, but the line is drained through the
-    stderr filter first, so it is the last thing the process says.
+    exit hook runs and no thread is joined, except `last_words` (the summary),
+    given 2 s; what they print is drained through the stderr filter before the
+    exit. A hung step may hold the stats lock: nothing here waits on it for long.
     """
-    with STATS.lock:
+    if STATS.lock.acquire(timeout=1.0):
         STATS.failed = line.split(":", 1)[0]
+        STATS.lock.release()
     print(f"error: {line}", file=sys.stderr, flush=True)
+    if last_words is not None:
+        words = threading.Thread(target=last_words, name="fraud-last-words", daemon=True)
+        words.start()
+        words.join(2.0)
     if _restore_stderr is not None:
         _restore_stderr()
     os._exit(status)

@@ -13,10 +13,12 @@ import functools
 import gc
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+from bytewax_fraud.process import fatal
 from bytewax_fraud.process.progress import Progress
-from bytewax_fraud.process.watchdog import start_watchdog
+from bytewax_fraud.process.watchdog import EXIT_STATUS, start_watchdog
 from bytewax_fraud.settings import Settings
 from bytewax_fraud.status import STATS, format_summary, start_reporter
 from bytewax_fraud.telemetry import start_exporter
@@ -38,15 +40,16 @@ def start_services(
             too short for the epoch interval.
     """
     start_reporter(s.status_interval)
+    summary = _register_summary(s.summary_file)
     watchdog = None
     if progress is not None:
-        watchdog = start_watchdog(progress, s.stall_timeout, s.stall_exit, epoch_seconds)
+        stop = functools.partial(fatal.exit_now, status=EXIT_STATUS, last_words=summary)
+        watchdog = start_watchdog(progress, s.stall_timeout, s.stall_exit, epoch_seconds, stop)
     start_exporter(
         s.metrics_port,
         progress=progress,
         liveness=watchdog.reason if watchdog is not None else lambda: None,
     )
-    _register_summary(s.summary_file)
     tune_gc(s.gc_threshold)
 
 
@@ -67,7 +70,9 @@ def tune_gc(threshold: int) -> None:
 
 
 @functools.cache
-def _register_summary(path: Path | None) -> None:
+def _register_summary(path: Path | None) -> Callable[[], None]:
+    """Print (and write) the summary at exit; returns the function, for an exit without hooks."""
+
     def report() -> None:
         summary = STATS.summary()
         print(format_summary(summary), file=sys.stderr, flush=True)
@@ -76,3 +81,4 @@ def _register_summary(path: Path | None) -> None:
             path.write_text(json.dumps(summary, indent=2) + "\n")
 
     atexit.register(report)
+    return report

@@ -126,9 +126,20 @@ def _exit(line: str) -> None:
 
 
 def start_watchdog(
-    progress: Progress, timeout: float | None, exit_on_stall: bool, epoch_seconds: float
+    progress: Progress,
+    timeout: float | None,
+    exit_on_stall: bool,
+    epoch_seconds: float,
+    stop: Callable[[str], None] | None = None,
 ) -> Watchdog | None:
     """Start watching `progress` (None when FRAUD_STALL_TIMEOUT=0 turns it off).
+
+    Args:
+        progress: The job's epoch signal.
+        timeout: FRAUD_STALL_TIMEOUT (None: the default for `epoch_seconds`).
+        exit_on_stall: FRAUD_STALL_EXIT.
+        epoch_seconds: The run's epoch interval.
+        stop: Ends the process with the stall's line (default: print it, exit 2).
 
     Raises:
         SettingsError: The timeout is too short for the epoch interval.
@@ -136,4 +147,4 @@ def start_watchdog(
     seconds = effective_timeout(timeout, epoch_seconds)
     if seconds <= 0:
         return None
-    return Watchdog(progress, seconds, exit_on_stall).start()
+    return Watchdog(progress, seconds, exit_on_stall, stop).start()

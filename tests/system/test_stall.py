@@ -210,6 +210,7 @@ def test_a_network_partition_stops_both_processes_and_a_restart_is_exact(
         assert took <= TIMEOUT + MARGIN, f"process {i} still up {took:.1f} s after the cut"
         assert code == 2, f"process {i} exited {code}:\n{err[-3000:]}"
         assert "error: ClusterStalled: no epoch completed for" in err, err[-3000:]
+        assert "[fraud] stopped by ClusterStalled: scored" in err, err[-3000:]  # the summary
         assert took >= TIMEOUT * 0.9, f"process {i} stopped {took:.1f} s after the cut"
 
     # The link is back: the cluster resumes from its last snapshot, exactly.
