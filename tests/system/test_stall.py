@@ -211,7 +211,6 @@ def test_a_network_partition_stops_both_processes_and_a_restart_is_exact(
         assert code == 2, f"process {i} exited {code}:\n{err[-3000:]}"
         assert "error: ClusterStalled: no epoch completed for" in err, err[-3000:]
         assert "[fraud] stopped by ClusterStalled: scored" in err, err[-3000:]  # the summary
-        assert took >= TIMEOUT * 0.9, f"process {i} stopped {took:.1f} s after the cut"
 
     # The link is back: the cluster resumes from its last snapshot, exactly.
     finish([start(dirs, ["-i", str(i), "-a", addrs], hosts.exec(i), **env) for i in range(2)])
@@ -251,7 +250,6 @@ def test_a_stopped_peer_fails_liveness(tmp_path: Path) -> None:
         took = time.monotonic() - t0
         print(f"SIGSTOP: /livez failed after {took:.1f} s (timeout {TIMEOUT} s)")
         assert answer[0] == 503 and answer[1].startswith("ClusterStalled: no epoch completed for")
-        assert took >= TIMEOUT * 0.9
         time.sleep(1.0)
         assert survivor.poll() is None  # FRAUD_STALL_EXIT=false: it stays up, unlive
         survivor.kill()
