@@ -113,7 +113,7 @@ USER 10001:10001
 # The job stops gracefully on SIGTERM (and SIGINT); deploy/k8s gives it the grace period.
 STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=30s --timeout=5s --start-period=120s \
-    CMD ["python", "-c", "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/metrics' % os.environ['FRAUD_METRICS_PORT'], timeout=4)"]
+    CMD ["python", "-c", "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/livez' % os.environ['FRAUD_METRICS_PORT'], timeout=4)"]
 ENTRYPOINT ["python", "-m", "bytewax.run", "dataflows.fraud"]
 
 # --- CPU: final image (the default target) --------------------------------------------------
@@ -151,5 +151,5 @@ USER 10001:10001
 # The job stops gracefully on SIGTERM (and SIGINT); deploy/k8s gives it the grace period.
 STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=30s --timeout=5s --start-period=120s \
-    CMD ["python", "-c", "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/metrics' % os.environ['FRAUD_METRICS_PORT'], timeout=4)"]
+    CMD ["python", "-c", "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/livez' % os.environ['FRAUD_METRICS_PORT'], timeout=4)"]
 ENTRYPOINT ["python", "-m", "bytewax.run", "dataflows.fraud"]

@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings()
         job = build_job(settings, process_id=args.process_id)
-        start_services(settings)
+        start_services(settings, job.progress, job.epoch_interval.total_seconds())
         shutdown.install()  # SIGTERM/SIGINT: end the input, finish, snapshot, exit 0
         cli_main(
             job.flow,

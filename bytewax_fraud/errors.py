@@ -46,3 +46,7 @@ class StateDiskFull(StateIOError):
 
 class OutputError(FraudError):
     """An output file cannot be written (a full or failing volume)."""
+
+
+class ClusterStalled(FraudError):
+    """No epoch completed for FRAUD_STALL_TIMEOUT: a peer is unreachable or hung."""

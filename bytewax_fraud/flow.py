@@ -12,16 +12,18 @@ from typing import Any, TypeGuard, cast
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
-from bytewax.inputs import Source
+from bytewax.inputs import FixedPartitionedSource, Source
 
 from bytewax_fraud.admission.misrouting import reject_misrouted
 from bytewax_fraud.connectors import Outputs
+from bytewax_fraud.connectors.epochs import EpochSignal
 from bytewax_fraud.control.commands import ControlItem, ControlMessage, ControlRejected
 from bytewax_fraud.control.deployment import report_rejection
 from bytewax_fraud.control.gate import CommandValidator
 from bytewax_fraud.parse import parse_batch
 from bytewax_fraud.partition_logic import PartitionBatch, PartitionConfig, logic_builder
 from bytewax_fraud.partitioning import routing_key
+from bytewax_fraud.process.progress import Progress
 from bytewax_fraud.records import (
     DeadLetter,
     EventBatch,
@@ -107,6 +109,7 @@ def build_flow(
     validator: CommandValidator,
     max_message_bytes: int,
     partitions: int,
+    progress: Progress | None = None,
 ) -> Dataflow:
     """The fraud-scoring dataflow over this source and these sinks.
 
@@ -118,7 +121,11 @@ def build_flow(
         max_message_bytes: Larger messages are dead letters (FRAUD_MAX_MESSAGE_BYTES).
         partitions: The number of state partitions; an event of a user hashed to
             another partition than the one it arrived on is a dead letter.
+        progress: Told when each input partition completes an epoch (the stall
+            watchdog's signal); only a `FixedPartitionedSource` can report it.
     """
+    if progress is not None and isinstance(source, FixedPartitionedSource):
+        source = EpochSignal(source, progress)
     flow = Dataflow("fraud")
     raw = op.input("transactions", flow, source)
     parsed = op.flat_map_batch(

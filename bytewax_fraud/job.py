@@ -29,6 +29,7 @@ from bytewax_fraud.flow import build_flow
 from bytewax_fraud.inference.loader import ModelLoader
 from bytewax_fraud.inference.runtime import LoadedModel
 from bytewax_fraud.partition_logic import PartitionConfig
+from bytewax_fraud.process.progress import Progress
 from bytewax_fraud.recovery import prepare_recovery
 from bytewax_fraud.settings import Settings, load_settings
 from bytewax_fraud.state.manifest import NAME, ensure_manifest, run_id
@@ -42,6 +43,8 @@ class Job:
     flow: Dataflow
     recovery: RecoveryConfig | None
     epoch_interval: timedelta
+    #: Epochs this process's input partitions complete (the stall watchdog watches it).
+    progress: Progress
 
 
 def _restorer(loader: ModelLoader) -> Callable[[dict[str, str]], LoadedModel]:
@@ -124,6 +127,7 @@ def build_job(
         cache_bytes=int(s.state_cache_mb * 1024 * 1024),
         time_policy=TimePolicy(s.max_future_skew, s.allowed_lateness),
     )
+    progress = Progress()
     flow = build_flow(
         source or make_source(s),
         outputs or make_outputs(s, fresh),
@@ -131,9 +135,10 @@ def build_job(
         CommandValidator(ModelGate(s.model_dir, loader)),
         s.max_message_bytes,
         s.partitions,
+        progress,
     )
     epoch = timedelta(seconds=s.snapshot_interval if recovery else 10.0)
-    return Job(flow, recovery, epoch)
+    return Job(flow, recovery, epoch, progress)
 
 
 def build_dataflow(settings: Settings | None = None, **kwargs: Any) -> Dataflow:

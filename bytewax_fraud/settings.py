@@ -234,8 +234,28 @@ class Settings(BaseSettings):
 
     # --- Operations ---------------------------------------------------------------------------
     metrics_port: int | None = Field(
-        None, ge=1, le=65535, description="serve Prometheus metrics on this port (unset: off)"
+        None,
+        ge=1,
+        le=65535,
+        description="serve Prometheus metrics (/metrics) and liveness (/livez) here (unset: off)",
     )
+    stall_timeout: float | None = Field(
+        None,
+        description=(
+            "no epoch completed for this long (a peer unreachable or hung) fails /livez and,"
+            " with FRAUD_STALL_EXIT, stops the process (e.g. 60s, 2m; 0: off; unset: 60 s, or"
+            " 3 epoch intervals if longer)"
+        ),
+    )
+    stall_exit: bool = Field(
+        True,
+        description="exit (status 2) once FRAUD_STALL_TIMEOUT passes; false: only /livez fails",
+    )
+
+    @field_validator("stall_timeout", mode="before")
+    @classmethod
+    def _stall_timeout(cls, v: object) -> float | None:
+        return None if v is None else parse_duration(v, allow_zero=True)
 
 
 def _describe(field: str) -> str:

@@ -6,15 +6,23 @@ families. The endpoint uses its own registry, so it never clashes with what
 Bytewax or a library registers on `prometheus_client`'s default registry (and
 Bytewax's own dataflow API, `BYTEWAX_DATAFLOW_API_ENABLED`, serves that default
 registry on another port, 3030).
+
+Beside `/metrics` the same port serves `/livez`, the liveness probe: 200 while
+the cluster completes epochs, 503 with the stall watchdog's one-line reason once
+none completed for FRAUD_STALL_TIMEOUT (`process.watchdog`).
 """
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
+from prometheus_client import CollectorRegistry, ProcessCollector, make_wsgi_app
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -25,6 +33,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from bytewax_fraud.errors import SettingsError
+from bytewax_fraud.process.progress import Progress
 from bytewax_fraud.status import STATS, Histogram, RunStats
 
 
@@ -224,15 +233,106 @@ def _freshness(
     )
 
 
+class ProgressCollector(Collector):
+    """Exports the epoch signal the stall watchdog watches (`process.progress`)."""
+
+    def __init__(self, progress: Progress) -> None:
+        """Read `progress` at every scrape."""
+        self._progress = progress
+
+    def collect(self) -> Iterator[Metric]:
+        """Epochs completed, the age of the last one and the longest gap between two."""
+        view = self._progress.view()
+        epochs = CounterMetricFamily(
+            "fraud_epochs_completed",
+            "Epochs this process's input partitions completed (one per partition per epoch;"
+            " each needs the whole cluster to finish the previous epoch)",
+        )
+        epochs.add_metric([], view.epochs)
+        yield epochs
+        age = GaugeMetricFamily(
+            "fraud_epoch_age_seconds",
+            "Seconds since this process last saw an epoch complete (absent while it reads no"
+            " input partition); /livez fails once it passes FRAUD_STALL_TIMEOUT",
+        )
+        if view.age is not None:
+            age.add_metric([], view.age)
+        yield age
+        gap = GaugeMetricFamily(
+            "fraud_epoch_longest_gap_seconds",
+            "Longest wait between two epoch completions since the process started, in seconds"
+            " (keep FRAUD_STALL_TIMEOUT well above it)",
+        )
+        gap.add_metric([], view.longest_gap)
+        yield gap
+
+
+#: Returns why the process is not live (a one-line reason), or None when it is.
+Liveness = Callable[[], str | None]
+
+
+def _alive() -> str | None:
+    return None
+
+
+def _app(registry: CollectorRegistry, liveness: Liveness) -> Callable[..., Iterable[bytes]]:
+    """`/livez` answers from `liveness`; every other path serves the metrics."""
+    metrics = make_wsgi_app(registry)
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") == "/livez":
+            reason = liveness()
+            status = "200 OK" if reason is None else "503 Service Unavailable"
+            start_response(status, [("Content-Type", "text/plain; charset=utf-8")])
+            return [(reason or "ok").encode() + b"\n"]
+        return metrics(environ, start_response)
+
+    return app
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base's name
+        """Probes and scrapes are not logged."""
+
+
+def _serve(port: int, addr: str, app: Callable[..., Iterable[bytes]]) -> None:
+    family, _, _, _, sockaddr = socket.getaddrinfo(
+        addr, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+
+    class Server(_Server):
+        address_family = family
+
+    httpd = make_server(str(sockaddr[0]), port, app, Server, handler_class=_QuietHandler)
+    threading.Thread(target=httpd.serve_forever, name="fraud-metrics", daemon=True).start()
+
+
 _lock = threading.Lock()
 _started: set[int] = set()
 
 
-def start_exporter(port: int | None, addr: str = "0.0.0.0", stats: RunStats = STATS) -> bool:
-    """Serve `/metrics` on `port` from a daemon thread, once per process and port.
+def start_exporter(
+    port: int | None,
+    addr: str = "0.0.0.0",
+    stats: RunStats = STATS,
+    progress: Progress | None = None,
+    liveness: Liveness = _alive,
+) -> bool:
+    """Serve `/metrics` and `/livez` on `port` from a daemon thread, once per process and port.
 
     Returns whether a server was started by this call (False when `port` is None
     or already served).
+
+    Args:
+        port: The port (None: no server).
+        addr: The address to listen on (all interfaces by default).
+        stats: The counters `/metrics` exports.
+        progress: The epoch signal `/metrics` also exports (None: not exported).
+        liveness: What `/livez` answers: None for 200, a reason for 503.
 
     Raises:
         SettingsError: the port cannot be bound.
@@ -244,10 +344,12 @@ def start_exporter(port: int | None, addr: str = "0.0.0.0", stats: RunStats = ST
             return False
         registry = CollectorRegistry(auto_describe=False)
         registry.register(StatsCollector(stats))
+        if progress is not None:
+            registry.register(ProgressCollector(progress))
         # process_resident_memory_bytes, process_cpu_seconds_total, ... (from /proc).
         ProcessCollector(registry=registry)
         try:
-            start_http_server(port, addr=addr, registry=registry)
+            _serve(port, addr, _app(registry, liveness))
         except OSError as exc:
             raise SettingsError(
                 f"FRAUD_METRICS_PORT={port}: cannot serve metrics on {addr}:{port} ({exc}). Fix:"

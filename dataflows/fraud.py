@@ -33,6 +33,19 @@ def _bytewax_process_id() -> int | None:
     return None
 
 
+def _bytewax_epoch_seconds() -> float:
+    """The epoch interval `bytewax.run` applies: `-s` with recovery, else Bytewax's 10 s."""
+    argv = sys.argv
+    if not (
+        {"-r", "--recovery-directory"} & set(argv) or os.environ.get("BYTEWAX_RECOVERY_DIRECTORY")
+    ):
+        return 10.0
+    for flag in ("-s", "--snapshot-interval"):
+        if flag in argv[:-1]:
+            return float(argv[argv.index(flag) + 1])
+    return float(os.environ.get("BYTEWAX_SNAPSHOT_INTERVAL", "10"))
+
+
 fatal.install()  # a fatal error ends the run with one line (FRAUD_DEBUG=1: the traceback)
 settings = load_settings()
 if settings.recovery_dir is not None and not (
@@ -43,6 +56,7 @@ if settings.recovery_dir is not None and not (
         " `python -m bytewax_fraud` instead (it applies the FRAUD_* recovery settings), or pass"
         f" `-r {settings.recovery_dir} -s SECONDS -b SECONDS` to bytewax.run"
     )
-flow = build_job(settings, process_id=_bytewax_process_id()).flow
-start_services(settings)
+job = build_job(settings, process_id=_bytewax_process_id())
+flow = job.flow
+start_services(settings, job.progress, _bytewax_epoch_seconds())
 shutdown.install()  # SIGTERM/SIGINT: end the input, finish, snapshot, exit 0

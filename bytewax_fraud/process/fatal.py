@@ -22,9 +22,9 @@ import re
 import sys
 import threading
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import TracebackType
-from typing import TextIO
+from typing import NoReturn, TextIO
 
 from bytewax_fraud.errors import FraudError
 from bytewax_fraud.status import STATS
@@ -109,6 +109,8 @@ _PANIC_PAYLOAD = b"Box<dyn Any>"
 _PANIC_TAIL = re.compile(rb"^(note: |stack backtrace:|\s+\d+: |\s+at )")
 
 _installed = False
+#: Puts file descriptor 2 back and drains the filter (None until `install` set one up).
+_restore_stderr: Callable[[], None] | None = None
 
 
 def install() -> None:
@@ -177,4 +179,27 @@ def _filter_stderr() -> None:
         os.dup2(original, 2)  # closes the pipe's last write end: the reader drains and ends
         thread.join(5.0)
 
+    global _restore_stderr
+    _restore_stderr = restore
     atexit.register(restore)
+
+
+def exit_now(line: str, status: int, last_words: Callable[[], None] | None = None) -> NoReturn:
+    """Print `line` as an error and end the process at once, from any thread.
+
+    For a process that cannot finish (its workers wait on a peer forever): no
+    exit hook runs and no thread is joined, except `last_words` (the summary),
+    given 2 s; what they print is drained through the stderr filter before the
+    exit. A hung step may hold the stats lock: nothing here waits on it for long.
+    """
+    if STATS.lock.acquire(timeout=1.0):
+        STATS.failed = line.split(":", 1)[0]
+        STATS.lock.release()
+    print(f"error: {line}", file=sys.stderr, flush=True)
+    if last_words is not None:
+        words = threading.Thread(target=last_words, name="fraud-last-words", daemon=True)
+        words.start()
+        words.join(2.0)
+    if _restore_stderr is not None:
+        _restore_stderr()
+    os._exit(status)

@@ -1,8 +1,9 @@
 """Process-level services of a run, started by the entry points, never by building a dataflow.
 
 `python -m bytewax_fraud` and `dataflows/fraud.py` (for `python -m bytewax.run`)
-call `start_services` once per process: the status line on stderr, the
-Prometheus endpoint, the end-of-run summary and the GC tuning.
+call `start_services` once per process: the status line on stderr, the stall
+watchdog, the Prometheus and liveness endpoint, the end-of-run summary and the
+GC tuning.
 """
 
 from __future__ import annotations
@@ -12,22 +13,43 @@ import functools
 import gc
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+from bytewax_fraud.process import fatal
+from bytewax_fraud.process.progress import Progress
+from bytewax_fraud.process.watchdog import EXIT_STATUS, start_watchdog
 from bytewax_fraud.settings import Settings
 from bytewax_fraud.status import STATS, format_summary, start_reporter
 from bytewax_fraud.telemetry import start_exporter
 
 
-def start_services(s: Settings) -> None:
-    """Start the status reporter and metrics server, register the summary, tune the GC.
+def start_services(
+    s: Settings, progress: Progress | None = None, epoch_seconds: float = 10.0
+) -> None:
+    """Start the status reporter, watchdog and metrics server, register the summary, tune the GC.
+
+    Args:
+        s: The run's settings.
+        progress: The job's epoch signal (`Job.progress`); None: no watchdog.
+        epoch_seconds: The run's epoch interval (the snapshot interval with
+            recovery; Bytewax's default is 10 s).
 
     Raises:
-        SettingsError: The metrics port cannot be bound.
+        SettingsError: The metrics port cannot be bound, or FRAUD_STALL_TIMEOUT is
+            too short for the epoch interval.
     """
     start_reporter(s.status_interval)
-    start_exporter(s.metrics_port)
-    _register_summary(s.summary_file)
+    summary = _register_summary(s.summary_file)
+    watchdog = None
+    if progress is not None:
+        stop = functools.partial(fatal.exit_now, status=EXIT_STATUS, last_words=summary)
+        watchdog = start_watchdog(progress, s.stall_timeout, s.stall_exit, epoch_seconds, stop)
+    start_exporter(
+        s.metrics_port,
+        progress=progress,
+        liveness=watchdog.reason if watchdog is not None else lambda: None,
+    )
     tune_gc(s.gc_threshold)
 
 
@@ -48,7 +70,9 @@ def tune_gc(threshold: int) -> None:
 
 
 @functools.cache
-def _register_summary(path: Path | None) -> None:
+def _register_summary(path: Path | None) -> Callable[[], None]:
+    """Print (and write) the summary at exit; returns the function, for an exit without hooks."""
+
     def report() -> None:
         summary = STATS.summary()
         print(format_summary(summary), file=sys.stderr, flush=True)
@@ -57,3 +81,4 @@ def _register_summary(path: Path | None) -> None:
             path.write_text(json.dumps(summary, indent=2) + "\n")
 
     atexit.register(report)
+    return report

@@ -153,6 +153,7 @@ def test_final_stages_are_non_root_with_volumes_and_the_bytewax_entrypoint(targe
     assert env["FRAUD_METRICS_PORT"] == "9100"
     assert "9100" in stage.all("EXPOSE")[-1].split()
     assert stage.all("HEALTHCHECK"), "a HEALTHCHECK on the metrics port"
+    assert "/livez" in stage.all("HEALTHCHECK")[-1], "the HEALTHCHECK asks the liveness endpoint"
     builder = all_stages["builder" if target == "cpu" else "cuda-builder"]
     assert any("pip install --no-cache-dir" in run for run in builder.all("RUN"))
     assert any("--from=" + builder.name in c for c in stage.all("COPY"))
