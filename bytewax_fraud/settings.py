@@ -159,6 +159,13 @@ class Settings(BaseSettings):
         None, description="also write the end-of-run summary as JSON to this file"
     )
     outputs: Literal["files", "stdout"] = Field("files", description="files or stdout")
+    input: str | None = Field(
+        None,
+        description=(
+            "read transactions from this JSON Lines file, directory or glob (gzip too)"
+            " instead of the generator; the run ends at the last line"
+        ),
+    )
 
     @field_validator("state_ttl", "max_future_skew", mode="before")
     @classmethod
