@@ -81,7 +81,8 @@ def test_kill_9_and_resume_on_many_files_equals_a_clean_twin(
     written = []
     for _ in range(3):
         p = start(dirs, FRAUD_INPUT=inputs, **ENV)
-        written.append(_kill_while_running(p, dirs.out / "predictions.jsonl", rng.uniform(0.2, 1.5)))
+        out = dirs.out / "predictions.jsonl"
+        written.append(_kill_while_running(p, out, rng.uniform(0.2, 1.5)))
         # Exit by signal, and fewer outputs than the clean run: the kill cut a running job.
         assert written[-1] < EVENTS
     run(dirs, FRAUD_INPUT=inputs, **ENV)
