@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import base64
 import gzip
+import json
 import random
 import signal
 import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from recovery_harness import JobDirs, live_records, predictions, run, start
 
@@ -193,3 +195,50 @@ def test_memory_stays_flat_whatever_the_file_size(tmp_path: Path, lines: int) ->
         f" file, {baseline:.0f} MB from the generator"
     )
     assert replay <= baseline * 1.10 + 30
+
+
+def test_a_backtest_with_a_rollout_reports_each_model_against_the_labels(
+    tmp_path: Path, model_dir: Path
+) -> None:
+    path = tmp_path / "history.jsonl.gz"
+    write_file(path, generated(3_000, 4, 40_000))  # the generator's events carry `label`
+    control = tmp_path / "control.jsonl"
+    control.write_text(
+        json.dumps(
+            {
+                "command": "load",
+                "model_id": "canary",
+                "path": str(model_dir / "stateless.onnx"),
+                "rollout": 0.4,
+            }
+        )
+        + "\n"
+    )
+    dirs = JobDirs(tmp_path / "job")
+    err = run(
+        dirs,
+        FRAUD_INPUT=path,
+        FRAUD_CONTROL_FILE=control,
+        FRAUD_MODEL_DIR=model_dir,
+        FRAUD_SUMMARY_FILE=tmp_path / "summary.json",
+        **ENV,
+    )
+    models = json.loads((tmp_path / "summary.json").read_text())["models"]
+    # The same figures, computed from the predictions the run wrote.
+    by_model: dict[str, list[tuple[float, int]]] = {}
+    for line in (dirs.out / "predictions.jsonl").read_bytes().splitlines():
+        d = json.loads(line)
+        by_model.setdefault(d["model"], []).append((d["probability"], d["label"]))
+    assert len(by_model) == 2 and set(models) == set(by_model)
+    for label, rows in by_model.items():
+        probs = np.array([p for p, _ in rows])
+        labels = np.array([y for _, y in rows])
+        flagged = probs >= 0.5
+        tp = int(np.sum(flagged & (labels == 1)))
+        q = models[label]
+        assert q["labelled"] == len(rows) and q["fraud"] == int(labels.sum()) > 0
+        assert q["precision"] == round(tp / int(flagged.sum()), 4)
+        assert q["recall"] == round(tp / int(labels.sum()), 4)
+        assert 0 < q["pr_auc"] <= 1
+        assert f"labels, model {label}: PR-AUC {q['pr_auc']}" in err
+    print("\n" + "\n".join(x for x in err.splitlines() if "[fraud]" in x))
