@@ -23,7 +23,6 @@ from bytewax_fraud.connectors.file_input import list_input
 from bytewax_fraud.connectors.file_source import FileSource
 from bytewax_fraud.connectors.files import JsonLinesSink, StdoutSink
 from bytewax_fraud.connectors.generator_source import GeneratorSource
-from bytewax_fraud.connectors.input_kind import check_input_kind
 from bytewax_fraud.connectors.kafka import (
     KafkaConnection,
     KafkaDeadLetterSink,
@@ -68,7 +67,6 @@ def make_source(s: Settings) -> Source[RawBatch | ControlMessage]:
             input topic's partition count is not FRAUD_PARTITIONS.
         InputDataLost: The input topic was re-created since the state was written.
         SettingsError: FRAUD_INPUT names no file, or is set together with Kafka.
-        StateError: The state was built from another kind of input.
     """
     inner: FixedPartitionedSource[RawBatch, Any]
     if s.input is not None and s.kafka_bootstrap_servers:
@@ -76,10 +74,6 @@ def make_source(s: Settings) -> Source[RawBatch | ControlMessage]:
             "FRAUD_INPUT and KAFKA_BOOTSTRAP_SERVERS are both set: the job reads one input."
             " Fix: unset one of them"
         )
-    check_input_kind(
-        s.state_dir,
-        "kafka" if s.kafka_bootstrap_servers else "files" if s.input is not None else "generator",
-    )
     if s.input is not None:
         inner = FileSource(
             tuple(list_input(s.input)),
@@ -123,6 +117,13 @@ def make_source(s: Settings) -> Source[RawBatch | ControlMessage]:
             ),
         )
     return WithControl(inner, control_reader(s), _control_name(s), s.control_poll_interval)
+
+
+def input_kind_of(s: Settings) -> str:
+    """The kind of input this run reads: kafka, files or generator (`input_kind.py`)."""
+    if s.kafka_bootstrap_servers:
+        return "kafka"
+    return "files" if s.input is not None else "generator"
 
 
 def _control_name(s: Settings) -> str:
