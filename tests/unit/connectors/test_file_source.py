@@ -12,6 +12,7 @@ import pytest
 
 from bytewax_fraud.connectors.file_input import (
     FileInputChanged,
+    FileInputError,
     file_line,
     file_offset,
     list_input,
@@ -237,3 +238,12 @@ def test_reading_a_big_gzipped_file_keeps_memory_flat(tmp_path: Path) -> None:
     text_bytes = len(gzip.decompress(path.read_bytes()))
     print(f"\nread {text_bytes / 1e6:.0f} MB of text; Python peak {peak / 1e6:.2f} MB")
     assert peak < 8_000_000 < text_bytes
+
+
+def test_a_damaged_gzip_file_stops_the_run_naming_it(tmp_path: Path) -> None:
+    p = tmp_path / "cut.jsonl.gz"
+    data = gzip.compress(b"\n".join(_line(i, "u") for i in range(5000)) + b"\n")
+    p.write_bytes(data[: len(data) // 2])
+    part = _source(p, lines_per_read=1000).build_part("s", routing_key(0), None)
+    with pytest.raises(FileInputError, match=f"cannot read input file {p} after byte"):
+        _drain(part)
