@@ -133,6 +133,7 @@ def build_job(
         CommandValidator(ModelGate(s.model_dir, loader)),
         s.max_message_bytes,
         s.partitions,
+        s.label_field,
     )
     epoch = timedelta(seconds=s.snapshot_interval if recovery else 10.0)
     return Job(flow, recovery, epoch)

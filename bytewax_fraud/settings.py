@@ -166,6 +166,14 @@ class Settings(BaseSettings):
             " instead of the generator; the run ends at the last line"
         ),
     )
+    label_field: str = Field(
+        "label",
+        min_length=1,
+        description=(
+            "the field holding each event's fraud label for the summary's PR-AUC, precision and"
+            " recall: 0/1 (or false/true, unless it is the wire format's own label)"
+        ),
+    )
 
     @field_validator("state_ttl", "max_future_skew", mode="before")
     @classmethod

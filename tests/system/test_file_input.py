@@ -242,3 +242,27 @@ def test_a_backtest_with_a_rollout_reports_each_model_against_the_labels(
         assert 0 < q["pr_auc"] <= 1
         assert f"labels, model {label}: PR-AUC {q['pr_auc']}" in err
     print("\n" + "\n".join(x for x in err.splitlines() if "[fraud]" in x))
+
+
+def test_labels_under_another_name_are_read_with_fraud_label_field(tmp_path: Path) -> None:
+    values = [v for _, v in generated(500, 6, 3_000)]
+    renamed = [
+        v.replace(b'"label":1', b'"is_fraud":true').replace(b'"label":0', b'"is_fraud":false')
+        for v in values
+    ]
+    assert not any(b'"label"' in v for v in renamed)
+    path = tmp_path / "own.jsonl"
+    path.write_bytes(b"\n".join(renamed) + b"\n")
+    dirs = JobDirs(tmp_path / "job")
+    run(
+        dirs,
+        FRAUD_INPUT=path,
+        FRAUD_LABEL_FIELD="is_fraud",
+        FRAUD_SUMMARY_FILE=tmp_path / "summary.json",
+        **ENV,
+    )
+    (quality,) = json.loads((tmp_path / "summary.json").read_text())["models"].values()
+    fraud = sum(b'"label":1' in v for v in values)
+    assert quality["labelled"] == 3_000 and quality["fraud"] == fraud > 0
+    preds = [json.loads(x) for x in (dirs.out / "predictions.jsonl").read_bytes().splitlines()]
+    assert sum(p["label"] for p in preds) == fraud
