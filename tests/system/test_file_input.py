@@ -21,6 +21,7 @@ from recovery_harness import JobDirs, live_records, predictions, run, start
 
 from bytewax_fraud.connectors.file_input import file_line, file_offset
 from bytewax_fraud.records import DeadLetter
+from bytewax_fraud.tools.backtest import quality_by_model
 from bytewax_fraud.tools.produce import generated, write_file
 
 EVENTS = 150_000
@@ -91,6 +92,13 @@ def test_kill_9_and_resume_on_many_files_equals_a_clean_twin(
     print(f"\npredictions written when each kill hit: {written} of {EVENTS}")
     assert predictions(dirs.out) == predictions(clean.out)
     assert live_records(dirs.state, TTL) == live_records(clean.state, TTL)
+    # The backtest over the resumed runs' predictions is the clean run's.
+    assert _backtest(dirs.out) == _backtest(clean.out)
+
+
+def _backtest(out: Path) -> dict[str, object]:
+    with (out / "predictions.jsonl").open("rb") as f:
+        return {m: q.get() for m, q in quality_by_model(f).items()}
 
 
 def test_a_file_shortened_under_a_resumed_run_stops_it_with_a_named_error(
@@ -241,6 +249,7 @@ def test_a_backtest_with_a_rollout_reports_each_model_against_the_labels(
         assert q["recall"] == round(tp / int(labels.sum()), 4)
         assert 0 < q["pr_auc"] <= 1
         assert f"labels, model {label}: PR-AUC {q['pr_auc']}" in err
+    assert _backtest(dirs.out) == models  # one run: the tool agrees with the summary
     print("\n" + "\n".join(x for x in err.splitlines() if "[fraud]" in x))
 
 
