@@ -20,6 +20,7 @@ from bytewax_fraud.connectors.epochs import EpochSignal
 from bytewax_fraud.control.commands import ControlItem, ControlMessage, ControlRejected
 from bytewax_fraud.control.deployment import report_rejection
 from bytewax_fraud.control.gate import CommandValidator
+from bytewax_fraud.label_field import relabel
 from bytewax_fraud.parse import parse_batch
 from bytewax_fraud.partition_logic import PartitionBatch, PartitionConfig, logic_builder
 from bytewax_fraud.partitioning import routing_key
@@ -39,6 +40,7 @@ def _ingest_batch(
     validator: CommandValidator,
     max_bytes: int,
     partitions: int,
+    label_field: str,
     items: list[RawBatch | RawMessage | ControlMessage],
 ) -> list[PartitionBatch | DeadLetter]:
     """Parse source batches into one batch per state partition (in order) and dead letters.
@@ -46,6 +48,7 @@ def _ingest_batch(
     Working on whole batches, as columns, keeps per-event objects off the hot path.
     Single `RawMessage`s (from a custom source) are parsed as batches of one. Events
     of users that belong to another partition are dead letters (misrouting.py).
+    Labels come from `label_field` where it is not `label` (label_field.py).
     """
     by_partition: dict[int, list[EventBatch | ControlItem]] = {}
     dead: list[PartitionBatch | DeadLetter] = []
@@ -61,6 +64,8 @@ def _ingest_batch(
                 events, misrouted = reject_misrouted(events, partitions)
                 dead += misrouted
             if events is not None:
+                if label_field != "label":
+                    events = relabel(events, label_field)
                 by_partition.setdefault(raw.partition, []).append(events)
         else:
             msg = cast(ControlMessage, item)
@@ -110,6 +115,7 @@ def build_flow(
     max_message_bytes: int,
     partitions: int,
     progress: Progress | None = None,
+    label_field: str = "label",
 ) -> Dataflow:
     """The fraud-scoring dataflow over this source and these sinks.
 
@@ -123,13 +129,16 @@ def build_flow(
             another partition than the one it arrived on is a dead letter.
         progress: Told when each input partition completes an epoch (the stall
             watchdog's signal); only a `FixedPartitionedSource` can report it.
+        label_field: The field events carry their 0/1 label in (FRAUD_LABEL_FIELD).
     """
     if progress is not None and isinstance(source, FixedPartitionedSource):
         source = EpochSignal(source, progress)
     flow = Dataflow("fraud")
     raw = op.input("transactions", flow, source)
     parsed = op.flat_map_batch(
-        "parse", raw, functools.partial(_ingest_batch, validator, max_message_bytes, partitions)
+        "parse",
+        raw,
+        functools.partial(_ingest_batch, validator, max_message_bytes, partitions, label_field),
     )
     split = op.branch("split_valid", parsed, _is_partition_batch)
     keyed = op.key_on("by_partition", split.trues, _route)

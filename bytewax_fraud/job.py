@@ -22,7 +22,8 @@ from bytewax.inputs import Source
 from bytewax.recovery import RecoveryConfig
 
 from bytewax_fraud.admission.event_time import TimePolicy
-from bytewax_fraud.connectors import Outputs, make_outputs, make_source
+from bytewax_fraud.connectors import Outputs, input_kind_of, make_outputs, make_source
+from bytewax_fraud.connectors.input_kind import check_input_kind
 from bytewax_fraud.control.gate import CommandValidator, ModelGate
 from bytewax_fraud.errors import ModelChangedError, RecoveryError, StateError
 from bytewax_fraud.flow import build_flow
@@ -100,6 +101,7 @@ def build_job(
         if process_id:
             _wait_for(s.state_dir / NAME)
         fresh = ensure_manifest(s.state_dir, s.partitions, s.window)
+        check_input_kind(s.state_dir, input_kind_of(s))
         if not process_id:
             recovery = prepare_recovery(
                 s.recovery_dir,
@@ -135,7 +137,8 @@ def build_job(
         CommandValidator(ModelGate(s.model_dir, loader)),
         s.max_message_bytes,
         s.partitions,
-        progress,
+        progress=progress,
+        label_field=s.label_field,
     )
     epoch = timedelta(seconds=s.snapshot_interval if recovery else 10.0)
     return Job(flow, recovery, epoch, progress)

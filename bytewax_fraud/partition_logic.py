@@ -206,6 +206,7 @@ class PartitionLogic(StatefulBatchLogic[PartitionBatch, Outbound, dict[str, Any]
             scorer.partition,
             scored.inference_seconds,
             scored.scores,
+            scored.score_labels,
         )
         return [scored, *scored.dead_letters]
 

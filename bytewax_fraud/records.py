@@ -461,6 +461,8 @@ class ScoredBatch:
     inference_seconds: list[float] = field(default_factory=list)
     #: Probabilities of the events scored now (replays excluded), per model label.
     scores: dict[str, np.ndarray] = field(default_factory=dict)
+    #: The labels of those events (-1: none), aligned with `scores`.
+    score_labels: dict[str, np.ndarray] = field(default_factory=dict)
     #: Valid events rejected by the event-time checks, in offset order.
     dead_letters: list[DeadLetter] = field(default_factory=list)
     #: Events scored although older than their user's last event (within the lateness).

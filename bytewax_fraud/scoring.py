@@ -233,6 +233,7 @@ class PartitionScorer:
                 dead_letters=dead,
                 late_accepted=late_ok,
                 scores={model.label: prob[fate == _APPLIED]},
+                score_labels={model.label: batch.labels[fate == _APPLIED]},
             )
         return ScoredBatch(
             user_ids=batch.user_ids,
@@ -245,6 +246,9 @@ class PartitionScorer:
             inference_seconds=infer,
             late_accepted=late_ok,
             scores={model.label: prob[fate == _APPLIED] if replayed else prob},
+            score_labels={
+                model.label: batch.labels[fate == _APPLIED] if replayed else batch.labels
+            },
         )
 
     def _groups(self, batch: EventBatch) -> _Groups:
@@ -422,11 +426,11 @@ class PartitionScorer:
         return (nxt if len(items) == limit else None), len(doomed)
 
 
-def _merge_scores(parts: list[ScoredBatch]) -> dict[str, np.ndarray]:
-    """Join the per-model probabilities of several batches."""
+def _merge_scores(parts: list[ScoredBatch], column: str = "scores") -> dict[str, np.ndarray]:
+    """Join the per-model probabilities (or `score_labels`) of several batches."""
     grouped: dict[str, list[np.ndarray]] = {}
     for part in parts:
-        for label, probs in part.scores.items():
+        for label, probs in getattr(part, column).items():
             grouped.setdefault(label, []).append(probs)
     return {k: v[0] if len(v) == 1 else np.concatenate(v) for k, v in grouped.items()}
 
@@ -447,6 +451,7 @@ def _concat(parts: list[ScoredBatch]) -> ScoredBatch:
         dead_letters=[d for p in parts for d in p.dead_letters],
         late_accepted=sum(p.late_accepted for p in parts),
         scores=_merge_scores(parts),
+        score_labels=_merge_scores(parts, "score_labels"),
     )
 
 
@@ -475,6 +480,7 @@ def _interleave(parts: list[tuple[np.ndarray, ScoredBatch]]) -> ScoredBatch:
         ),
         late_accepted=sum(p.late_accepted for _, p in parts),
         scores=_merge_scores([p for _, p in parts]),
+        score_labels=_merge_scores([p for _, p in parts], "score_labels"),
     )
 
 

@@ -159,6 +159,21 @@ class Settings(BaseSettings):
         None, description="also write the end-of-run summary as JSON to this file"
     )
     outputs: Literal["files", "stdout"] = Field("files", description="files or stdout")
+    input: str | None = Field(
+        None,
+        description=(
+            "read transactions from this JSON Lines file, directory or glob (gzip too)"
+            " instead of the generator; the run ends at the last line"
+        ),
+    )
+    label_field: str = Field(
+        "label",
+        min_length=1,
+        description=(
+            "the field holding each event's fraud label for the summary's PR-AUC, precision and"
+            " recall: 0/1 (or false/true, unless it is the wire format's own label)"
+        ),
+    )
 
     @field_validator("state_ttl", "max_future_skew", mode="before")
     @classmethod

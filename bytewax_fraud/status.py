@@ -15,6 +15,8 @@ from typing import TextIO
 
 import numpy as np
 
+from bytewax_fraud.label_quality import LabelQuality
+
 # 1 µs .. ~1000 s, 40 bins per decade.
 _EDGES = np.logspace(-3, 6, 361)
 
@@ -115,6 +117,8 @@ class RunStats:
     partition_expired: Counter[int] = field(default_factory=Counter)
     #: Predicted probabilities of freshly scored events, per model label (id@sha256 prefix).
     scores: dict[str, Histogram] = field(default_factory=dict)
+    #: Scores of freshly scored labelled events against their labels, per model label.
+    quality: dict[str, LabelQuality] = field(default_factory=dict)
     #: Per input partition: (next offset to read, offset one past the last available).
     inputs: dict[int, tuple[int, int]] = field(default_factory=dict)
     #: Per state partition: (wall-clock end, duration in s) of its last completed snapshot.
@@ -142,10 +146,12 @@ class RunStats:
         partition: int = 0,
         inference_seconds: list[float] | None = None,
         scores: dict[str, np.ndarray] | None = None,
+        score_labels: dict[str, np.ndarray] | None = None,
     ) -> None:
         """Count a scored batch (replayed events carry NaN latency and are not timed).
 
-        `scores` holds the probabilities of the freshly scored events per model label.
+        `scores` holds the probabilities of the freshly scored events per model label,
+        `score_labels` their labels (-1: none).
         """
         lat = latencies_ms[~np.isnan(latencies_ms)]
         # Same bins as np.histogram(lat, _EDGES), without its per-call overhead.
@@ -168,6 +174,12 @@ class RunStats:
                 if h_score is None:
                     h_score = self.scores[label] = Histogram(SCORE_BUCKETS)
                 h_score.observe(probs)
+            for label, labels in (score_labels or {}).items():
+                if np.any(labels >= 0):
+                    q = self.quality.get(label)
+                    if q is None:
+                        q = self.quality[label] = LabelQuality(self.threshold)
+                    q.update((scores or {})[label], labels)
             for w in (self.total, self.interval):
                 w.events += len(latencies_ms)
                 w.hist += h
@@ -269,6 +281,7 @@ class RunStats:
                 "recall": round(tp / (tp + fn), 4) if tp + fn else None,
                 "model": self.model,
                 "failed": self.failed,
+                "models": {label: q.get() for label, q in sorted(self.quality.items())},
             }
 
 
@@ -311,4 +324,17 @@ def format_summary(summary: dict[str, object]) -> str:
         f" precision@0.5 {summary['precision']}, recall@0.5 {summary['recall']};"
         f" model {summary['model']}"
         + (f"; input lost {summary['input_lost']:,}" if summary.get("input_lost") else "")
+        + _format_quality(summary.get("models"))
+    )
+
+
+def _format_quality(models: object) -> str:
+    """One line per model that scored labelled events: its PR-AUC, precision and recall."""
+    if not isinstance(models, dict):
+        return ""
+    return "".join(
+        f"\n[fraud] labels, model {label}: PR-AUC {q['pr_auc']}, precision@0.5"
+        f" {q['precision']}, recall@0.5 {q['recall']} over {q['labelled']:,} labelled events"
+        f" ({q['fraud']:,} fraud)"
+        for label, q in models.items()
     )

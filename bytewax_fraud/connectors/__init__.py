@@ -1,7 +1,8 @@
 """Which source and sinks a run uses, chosen from the settings.
 
 The embedded default reads the built-in generator and writes JSON Lines files
-(or stdout). With `KAFKA_BOOTSTRAP_SERVERS` set, the input topic is read and
+(or stdout); `FRAUD_INPUT` replaces the generator by files (`file_source.py`).
+With `KAFKA_BOOTSTRAP_SERVERS` set, the input topic is read and
 both outputs go to Kafka topics (`connectors/kafka/`, docs/kafka.md). This is
 the only module of the package that reads `Settings`: every connector gets just
 the values it needs.
@@ -18,6 +19,8 @@ from bytewax.inputs import FixedPartitionedSource, Source
 from bytewax.outputs import Sink
 
 from bytewax_fraud.connectors.fault_inputs import FaultPlan
+from bytewax_fraud.connectors.file_input import list_input
+from bytewax_fraud.connectors.file_source import FileSource
 from bytewax_fraud.connectors.files import JsonLinesSink, StdoutSink
 from bytewax_fraud.connectors.generator_source import GeneratorSource
 from bytewax_fraud.connectors.kafka import (
@@ -36,6 +39,7 @@ from bytewax_fraud.control.reader import (
     kafka_reader,
     null_reader,
 )
+from bytewax_fraud.errors import SettingsError
 from bytewax_fraud.records import RawBatch
 from bytewax_fraud.settings import Settings
 
@@ -62,9 +66,22 @@ def make_source(s: Settings) -> Source[RawBatch | ControlMessage]:
         KafkaSetupError: The brokers are unreachable, a topic is missing, or the
             input topic's partition count is not FRAUD_PARTITIONS.
         InputDataLost: The input topic was re-created since the state was written.
+        SettingsError: FRAUD_INPUT names no file, or is set together with Kafka.
     """
     inner: FixedPartitionedSource[RawBatch, Any]
-    if s.kafka_bootstrap_servers:
+    if s.input is not None and s.kafka_bootstrap_servers:
+        raise SettingsError(
+            "FRAUD_INPUT and KAFKA_BOOTSTRAP_SERVERS are both set: the job reads one input."
+            " Fix: unset one of them"
+        )
+    if s.input is not None:
+        inner = FileSource(
+            tuple(list_input(s.input)),
+            s.partitions,
+            lines_per_read=s.batch_max * s.partitions,
+            max_line_bytes=s.max_message_bytes,
+        )
+    elif s.kafka_bootstrap_servers:
         conn = kafka_connection(s)
         admin = admin_client(conn.admin())
         check_topics(
@@ -100,6 +117,13 @@ def make_source(s: Settings) -> Source[RawBatch | ControlMessage]:
             ),
         )
     return WithControl(inner, control_reader(s), _control_name(s), s.control_poll_interval)
+
+
+def input_kind_of(s: Settings) -> str:
+    """The kind of input this run reads: kafka, files or generator (`input_kind.py`)."""
+    if s.kafka_bootstrap_servers:
+        return "kafka"
+    return "files" if s.input is not None else "generator"
 
 
 def _control_name(s: Settings) -> str:

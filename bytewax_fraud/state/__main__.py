@@ -2,6 +2,8 @@
 
 Reads the stores of `FRAUD_STATE_DIR` (or `--state-dir`) read-only; stop the
 job first or point it at a copy, since RocksDB allows one writer.
+`... handover --to kafka --recovery-dir DIR` prepares a file replay's state to
+seed a run on another input (`handover.py`, docs/files.md "Warm start").
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from bytewax_fraud.errors import FraudError, StateError
 from bytewax_fraud.partitioning import partition_for
 from bytewax_fraud.state.base import USER_PREFIX, user_key
 from bytewax_fraud.state.codec import decode_one
+from bytewax_fraud.state.handover import hand_over
 from bytewax_fraud.state.manifest import NAME, partition_dir
 from bytewax_fraud.state.rocksdb import RocksStore
 
@@ -97,6 +100,14 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("show", help="print one user's record as JSON")
     s.add_argument("user_id")
     sub.add_parser("stats", help="count users per partition")
+    h = sub.add_parser(
+        "handover",
+        help="clear the state's positions in its input so it seeds a run on another input",
+    )
+    h.add_argument("--to", choices=["kafka", "files", "generator"], required=True)
+    h.add_argument(
+        "--recovery-dir", type=Path, required=True, help="the next run's (new) FRAUD_RECOVERY_DIR"
+    )
     args = parser.parse_args(argv)
     state_dir = args.state_dir or Path(os.environ.get("FRAUD_STATE_DIR", "state"))
     try:
@@ -106,6 +117,14 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"no state for user {args.user_id!r}", file=sys.stderr)
                 return 1
             print(json.dumps(rec, indent=2))
+        elif args.cmd == "handover":
+            done = hand_over(state_dir, args.recovery_dir, args.to)
+            print(
+                f"handed {done.users:,} users of {done.partitions} partitions over to the"
+                f" {done.kind} input ({done.outbox_entries:,} outbox entries dropped); run it"
+                f" with FRAUD_STATE_DIR={state_dir} FRAUD_RECOVERY_DIR={args.recovery_dir}",
+                file=sys.stderr,
+            )
         else:
             print(json.dumps(stats(state_dir), indent=2))
     except FraudError as exc:

@@ -85,6 +85,7 @@ from bytewax_fraud.connectors.kafka.admin import admin_client, create_job_topics
 from bytewax_fraud.errors import FraudError
 from bytewax_fraud.settings import DEFAULT_MODEL, Settings, load_settings
 from bytewax_fraud.state.manifest import ensure_manifest
+from bytewax_fraud.tools.bench_file import format_file, measure_file
 from bytewax_fraud.tools.local_broker import BOOTSTRAP_ENV, Broker, BrokerUnavailable, any_broker
 from bytewax_fraud.tools.produce import generated, produce
 from bytewax_fraud.tools.tail import messages
@@ -228,6 +229,7 @@ def run_dataflow(
     threads: int = 1,
     batch_max: int | None = None,
     rate: float = 0.0,
+    extra_env: dict[str, str] | None = None,
 ) -> Result:
     """Run `dataflows.fraud` as subprocesses on fresh state and measure it."""
     d = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=workdir))
@@ -249,6 +251,7 @@ def run_dataflow(
     )
     if batch_max is not None:
         env["FRAUD_BATCH_MAX"] = str(batch_max)
+    env.update(extra_env or {})
     cmd = [sys.executable, "-m", "bytewax.run", "dataflows.fraud"]
     if threads > 1:
         cmd += ["-w", str(threads)]
@@ -658,7 +661,13 @@ def _topic_rate(
 
 
 def run_handwritten(
-    cfg: BenchConfig, name: str, workdir: Path, *, mode: str, events: int
+    cfg: BenchConfig,
+    name: str,
+    workdir: Path,
+    *,
+    mode: str,
+    events: int,
+    extra_args: tuple[str, ...] = (),
 ) -> Result:
     """Run a hand-written loop (`bytewax_fraud.tools.handwritten`) as a subprocess."""
     d = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=workdir))
@@ -667,7 +676,7 @@ def run_handwritten(
     args += ["--events", str(events), "--users", str(cfg.users)]
     args += ["--partitions", str(cfg.partitions), "--seed", str(cfg.seed)]
     args += ["--model", str(cfg.model), "--device", cfg.device, "--out", str(out)]
-    args += ["--batch-max", str(HANDWRITTEN_BATCH)]
+    args += ["--batch-max", str(HANDWRITTEN_BATCH), *extra_args]
     with open(d / "log.txt", "wb") as log:
         proc = subprocess.Popen(args, cwd=ROOT, env=_base_env(), stdout=log, stderr=log)
     deadline = time.monotonic() + _RUN_TIMEOUT_S
@@ -889,6 +898,7 @@ def measure(cfg: BenchConfig, workdir: Path, log: Any = print) -> dict[str, Any]
             "targets": ratio_targets({r.name: r.events_per_s for r in plain}, cfg.workers),
         },
         "kafka": kafka,
+        "file_input": measure_file(cfg, workdir, log),
         "load_sweep": {
             "max_events_per_s": top,
             "points": [asdict(r) for r in sweep],
@@ -945,6 +955,7 @@ def format_report(report: dict[str, Any]) -> str:
             f"{_fmt(e.get('x_handwritten', math.nan)):>11}"
             f"{_fmt(e.get('x_external', math.nan)):>10}"
         )
+    out += format_file(report.get("file_input"))
     k = report.get("kafka", {})
     if k.get("ran"):
         out.append(

@@ -1,6 +1,7 @@
 """Write generated transactions (and optionally bad inputs) to the transactions topic.
 
     python -m bytewax_fraud.tools.produce --events 100000 --users 10000 --create-topic
+    python -m bytewax_fraud.tools.produce --events 1000000 --to-file events.jsonl.gz
 
 Each event is keyed by its user id and placed by Kafka's default partitioner
 (murmur2), which is how the job expects its input: Kafka partition p holds the
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import gzip
 import itertools
 import json
 import re
@@ -173,6 +175,29 @@ def produce(
     return check
 
 
+def write_file(path: Path, messages: Iterable[tuple[bytes | None, bytes]]) -> int:
+    """Write the messages' values as JSON Lines to `path` (gzipped if it ends in .gz).
+
+    Returns:
+        The number of lines written.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n = 0
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "wb") as f:
+        chunk: list[bytes] = []
+        for _, value in messages:
+            chunk.append(value)
+            if len(chunk) == 4096:
+                f.write(b"\n".join(chunk) + b"\n")
+                n += len(chunk)
+                chunk = []
+        if chunk:
+            f.write(b"\n".join(chunk) + b"\n")
+            n += len(chunk)
+    return n
+
+
 def _parser(defaults: Settings) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m bytewax_fraud.tools.produce",
@@ -214,6 +239,13 @@ def _parser(defaults: Settings) -> argparse.ArgumentParser:
         help="record timestamps: the event's own time (default) or the producer's clock",
     )
     p.add_argument("--bootstrap-servers", help="brokers host:port,... (KAFKA_BOOTSTRAP_SERVERS)")
+    p.add_argument(
+        "--to-file",
+        type=Path,
+        metavar="PATH",
+        help="write the events as JSON Lines to PATH (gzipped if it ends in .gz) instead of"
+        " Kafka: an input for FRAUD_INPUT",
+    )
     return p
 
 
@@ -223,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
         defaults = load_settings()
         args = _parser(defaults).parse_args(argv)
         s = defaults
+        if args.to_file is not None:
+            return _to_file(args)
         if args.bootstrap_servers:
             s = load_settings(kafka_bootstrap_servers=args.bootstrap_servers)
         admin = admin_client(kafka_connection(s).admin())
@@ -284,6 +318,20 @@ def main(argv: list[str] | None = None) -> int:
     except FraudError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+
+
+def _to_file(args: argparse.Namespace) -> int:
+    messages: Iterable[tuple[bytes | None, bytes]] = generated(args.users, args.seed, args.events)
+    if args.bad_inputs:
+        messages = interleave(messages, bad_inputs(args.bad_inputs), max(args.bad_every, 1))
+    t0 = time.monotonic()
+    n = write_file(args.to_file, messages)
+    took = time.monotonic() - t0
+    print(
+        f"wrote {n:,} lines to {args.to_file} in {took:.1f} s: FRAUD_INPUT={args.to_file}",
+        file=sys.stderr,
+    )
+    return 0
 
 
 if __name__ == "__main__":
