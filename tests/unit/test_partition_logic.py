@@ -18,8 +18,8 @@ import pytest
 
 from bytewax_fraud import partition_logic
 from bytewax_fraud.connectors.generator import TransactionGenerator
-from bytewax_fraud.features import N_FEATURES
-from bytewax_fraud.inference.runtime import LoadedModel, load_model
+from bytewax_fraud.inference.loader import ModelLoader
+from bytewax_fraud.inference.runtime import LoadedModel
 from bytewax_fraud.parse import parse_batch
 from bytewax_fraud.partition_logic import PartitionBatch, PartitionConfig, PartitionLogic
 from bytewax_fraud.records import EventBatch, RawBatch, ScoredBatch
@@ -31,7 +31,7 @@ MODELS = Path(__file__).resolve().parents[2] / "models"
 
 @pytest.fixture(scope="module")
 def gru() -> LoadedModel:
-    return load_model(MODELS / "fraud_gru.onnx", expected_features=N_FEATURES)
+    return ModelLoader().load(MODELS / "fraud_gru.onnx")
 
 
 def _batches(n: int, size: int = 100) -> list[EventBatch]:
