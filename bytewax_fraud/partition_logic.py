@@ -10,7 +10,6 @@ integers; the user state lives in RocksDB, fenced by per-user offsets.
 from __future__ import annotations
 
 import os
-import signal
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -58,7 +57,6 @@ class PartitionConfig:
     #: `backup_interval` back, from a backup of the recovery directory), so outbox entries
     #: and records older than the oldest kept mark are safe to drop. At least 3.
     kept_marks: int = 3
-    kill_at_snapshot: int | None = None  # fault injection for recovery tests
     #: Write-back buffer per partition store, in bytes (0: every batch writes through).
     buffer_bytes: int = 0
     #: Users' records kept in memory per partition, in bytes (0: every batch reads the store).
@@ -256,7 +254,6 @@ class PartitionLogic(StatefulBatchLogic[PartitionBatch, Outbound, dict[str, Any]
         seconds = time.perf_counter() - started
         disk = None if self._config.state_dir is None else self._disk_bytes(scorer.partition)
         STATS.record_snapshot(scorer.partition, seconds, scorer.store.estimate_keys(), disk)
-        _maybe_kill(self._config.kill_at_snapshot)
         return {
             "partition": scorer.partition,
             "high_water": scorer.high_water,
@@ -285,17 +282,6 @@ def dir_bytes(path: Path) -> int:
             except FileNotFoundError:
                 continue
     return total
-
-
-_snapshots_taken = 0
-
-
-def _maybe_kill(at: int | None) -> None:
-    """Fault injection: SIGKILL this process inside its `at`-th snapshot call."""
-    global _snapshots_taken
-    _snapshots_taken += 1
-    if at is not None and _snapshots_taken == at:
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def logic_builder(config: PartitionConfig) -> Callable[[dict[str, Any] | None], PartitionLogic]:

@@ -66,11 +66,21 @@ class JobDirs:
         return env
 
 
+#: The production entry point, and the test-only one that injects faults (fault_job.py).
+JOB = [sys.executable, "-m", "bytewax_fraud"]
+FAULT_JOB = [sys.executable, str(Path(__file__).with_name("fault_job.py"))]
+
+
 def start(dirs: JobDirs, args: list[str] = (), **env: Any) -> subprocess.Popen[bytes]:  # type: ignore[assignment]
-    """Start `python -m bytewax_fraud` for these directories."""
+    """Start `python -m bytewax_fraud` for these directories.
+
+    Given any `TEST_FAULT_*` variable, the job runs through `fault_job.py`, which
+    injects those faults into the production job (see its docstring).
+    """
     dirs.root.mkdir(parents=True, exist_ok=True)
+    entry = FAULT_JOB if any(k.startswith("TEST_FAULT_") for k in env) else JOB
     return subprocess.Popen(
-        [sys.executable, "-m", "bytewax_fraud", *args],
+        [*entry, *args],
         env=dirs.env(**env),
         cwd=dirs.root,
         stdout=subprocess.DEVNULL,

@@ -79,7 +79,7 @@ def test_soak_twelve_random_kills(tmp_path: Path, clean: JobDirs) -> None:
 
 def test_kill_inside_a_snapshot(tmp_path: Path, clean: JobDirs) -> None:
     dirs = JobDirs(tmp_path)
-    p = start(dirs, FRAUD_FAULT_KILL_AT_SNAPSHOT=9, **TTL_ENV)
+    p = start(dirs, TEST_FAULT_KILL_AT_SNAPSHOT=9, **TTL_ENV)
     p.wait(timeout=120)
     assert_interrupted([p], FileOutputs(dirs.out / "predictions.jsonl"), EVENTS)
     run(dirs, **TTL_ENV)

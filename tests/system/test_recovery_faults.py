@@ -1,6 +1,6 @@
 """Random kills with inputs that lie: late, far-ahead and misrouted events mixed into the run.
 
-The faulty run (`FRAUD_FAULT_INPUTS_EVERY`, see bytewax_fraud/connectors/fault_inputs.py) is
+The faulty run (`TEST_FAULT_INPUTS_EVERY`: tests/system/fault_job.py and fault_inputs.py) is
 compared with its clean twin, the same good events at the same offsets without
 the faulty ones: predictions and user records must be identical, and every
 faulty event must be a dead letter, once, with the same reason as in an
@@ -15,9 +15,9 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from fault_inputs import FaultPlan
 from recovery_harness import JobDirs, live_records, predictions, run, run_with_kills
 
-from bytewax_fraud.connectors.fault_inputs import FaultPlan
 from bytewax_fraud.connectors.generator_source import partition_quota
 
 EVERY = 97
@@ -32,8 +32,8 @@ def _env(events: int, users: int, twin: bool = False) -> dict[str, object]:
         "FRAUD_SEED": 9,
         "FRAUD_STATE_TTL": "12h",
         "FRAUD_SWEEP_INTERVAL": "0.2",
-        "FRAUD_FAULT_INPUTS_EVERY": EVERY,
-        "FRAUD_FAULT_INPUTS_TWIN": int(twin),
+        "TEST_FAULT_INPUTS_EVERY": EVERY,
+        "TEST_FAULT_INPUTS_TWIN": int(twin),
     }
 
 
