@@ -122,6 +122,7 @@ def build_job(
         buffer_bytes=int(s.state_buffer_mb * 1024 * 1024),
         cache_bytes=int(s.state_cache_mb * 1024 * 1024),
         time_policy=TimePolicy(s.max_future_skew, s.allowed_lateness),
+        stats=STATS,
     )
     flow = build_flow(
         source or make_source(s),
