@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from kafka_broker import Broker
 from recovery_harness import JobDirs, live_records, run, run_with_kills
 
@@ -86,30 +86,28 @@ def read_to_eof(bootstrap: str, topic: str) -> list[tuple[bytes | None, bytes]]:
 class TopicOutputs:
     """Distinct transaction ids in a predictions topic so far, read on as it grows.
 
-    Each count reads every partition to its end (the partition-EOF event: tansu's
-    high watermark can lag), keeping its position for the next count.
+    Each count reads every partition up to the high watermark the broker gives at
+    that moment, keeping its position for the next count.
     """
 
     def __init__(self, bootstrap: str, topic: str) -> None:
-        self._consumer = Consumer(
-            {"bootstrap.servers": bootstrap, "group.id": "kill-proof", "enable.partition.eof": True}
-        )
+        self._consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "kill-proof"})
+        self._parts = [TopicPartition(topic, p) for p in range(PARTITIONS)]
         self._consumer.assign(
             [TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(PARTITIONS)]
         )
         self._ids: set[str] = set()
 
     def count(self) -> int:
-        at_end: set[int] = set()
-        deadline = time.monotonic() + 30
-        while len(at_end) < PARTITIONS:
-            assert time.monotonic() < deadline, "the predictions topic did not reach its end"
+        ends = [self._consumer.get_watermark_offsets(tp, timeout=30)[1] for tp in self._parts]
+        deadline = time.monotonic() + 60
+        while any(
+            end > 0 and pos.offset < end  # before the first fetch, the position is negative
+            for pos, end in zip(self._consumer.position(self._parts), ends, strict=True)
+        ):
+            assert time.monotonic() < deadline, "the predictions topic could not be read to its end"
             for m in self._consumer.consume(1000, 0.1):
-                err = m.error()
-                if err is not None and err.code() == KafkaError._PARTITION_EOF:
-                    at_end.add(m.partition())  # type: ignore[arg-type]
-                elif err is None:
-                    at_end.discard(m.partition())
+                if m.error() is None:
                     self._ids.add(json.loads(m.value() or b"{}")["transaction_id"])
         return len(self._ids)
 
