@@ -124,3 +124,23 @@ def test_a_model_rolled_back_is_released(swapping: tuple[PartitionLogic, Command
     assert _apply(logic, validator, 4, {"command": "rollback"}).startswith("start@")
     gc.collect()
     assert live_sessions() == before  # no deployment, candidate or rollback target uses c
+
+
+def test_the_validator_does_not_keep_a_model_alive(tmp_path: Path) -> None:
+    """Validated outcomes hold their model weakly: a partition that reaches a command after
+    every deployment dropped its model gets it loaded again, the same model."""
+    _variant(tmp_path / "c.onnx", "c")
+    validator = CommandValidator(ModelGate(tmp_path, ModelLoader(warmup_batch=8)))
+    gc.collect()
+    before = live_sessions()
+    msg = json.dumps({"command": "load", "model_id": "c", "path": "c.onnx"}).encode()
+    first = validator.validate(ControlMessage(0, 7, msg, "control-test"))
+    assert isinstance(first, ControlItem) and first.model is not None
+    sha = first.model.sha256
+    assert live_sessions() == before + 1
+    del first
+    gc.collect()
+    assert live_sessions() == before  # the validator's record of seq 7 holds no session
+    late = validator.validate(ControlMessage(3, 7, msg, "control-test"))
+    assert isinstance(late, ControlItem) and late.model is not None
+    assert (late.partition, late.model.sha256, late.model.model_id) == (3, sha, "c")
