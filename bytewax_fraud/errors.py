@@ -36,6 +36,10 @@ class RecoveryError(StateError):
     """State and recovery data do not match each other."""
 
 
+class OutboxEntryError(StateError):
+    """An outbox value is not an entry this version wrote (damaged bytes, or another layout)."""
+
+
 class StateIOError(StateError):
     """The state store failed to read or write while running (an I/O error of its volume)."""
 

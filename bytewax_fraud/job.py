@@ -124,10 +124,10 @@ def build_job(
         sweep_chunk=s.sweep_chunk,
         restore_model=_restorer(loader),
         kept_marks=3 + math.ceil(s.backup_interval / s.snapshot_interval),
-        kill_at_snapshot=s.fault_kill_at_snapshot,
         buffer_bytes=int(s.state_buffer_mb * 1024 * 1024),
         cache_bytes=int(s.state_cache_mb * 1024 * 1024),
         time_policy=TimePolicy(s.max_future_skew, s.allowed_lateness),
+        stats=STATS,
     )
     progress = Progress()
     flow = build_flow(

@@ -10,10 +10,9 @@ integers; the user state lives in RocksDB, fenced by per-user offsets.
 from __future__ import annotations
 
 import os
-import signal
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,7 @@ from bytewax_fraud.state.buffered import BufferedStore
 from bytewax_fraud.state.manifest import partition_dir
 from bytewax_fraud.state.memory import MemoryStore
 from bytewax_fraud.state.rocksdb import RocksStore
-from bytewax_fraud.status import STATS
+from bytewax_fraud.status import RunStats
 
 
 @dataclass(frozen=True)
@@ -58,13 +57,14 @@ class PartitionConfig:
     #: `backup_interval` back, from a backup of the recovery directory), so outbox entries
     #: and records older than the oldest kept mark are safe to drop. At least 3.
     kept_marks: int = 3
-    kill_at_snapshot: int | None = None  # fault injection for recovery tests
     #: Write-back buffer per partition store, in bytes (0: every batch writes through).
     buffer_bytes: int = 0
     #: Users' records kept in memory per partition, in bytes (0: every batch reads the store).
     cache_bytes: int = 0
     #: Future skew, allowed lateness and clock rank (see event_time.py).
     time_policy: TimePolicy = TimePolicy()
+    #: Where the partitions count what they do (a job hands in the process's `status.STATS`).
+    stats: RunStats = field(default_factory=RunStats, compare=False, repr=False)
 
 
 def open_store(config: PartitionConfig, partition: int, resuming: bool) -> StateStore:
@@ -95,10 +95,10 @@ def open_store(config: PartitionConfig, partition: int, resuming: bool) -> State
     return BufferedStore(store, config.buffer_bytes) if config.buffer_bytes > 0 else store
 
 
-def _show_deployment(dep: Deployment) -> None:
-    with STATS.lock:
-        STATS.model = dep.label()
-        STATS.rollout = dep.rollout if dep.candidate is not None else 0.0
+def _show_deployment(stats: RunStats, dep: Deployment) -> None:
+    with stats.lock:
+        stats.model = dep.label()
+        stats.rollout = dep.rollout if dep.candidate is not None else 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +123,7 @@ class PartitionLogic(StatefulBatchLogic[PartitionBatch, Outbound, dict[str, Any]
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._config = config
+        self._stats = config.stats
         self._resume = resume
         self._clock = clock
         self._scorer: PartitionScorer | None = None
@@ -164,7 +165,7 @@ class PartitionLogic(StatefulBatchLogic[PartitionBatch, Outbound, dict[str, Any]
             scorer.deployment = self._log.stack[-1]
         else:
             self._log = DeploymentLog([scorer.deployment])
-        _show_deployment(scorer.deployment)
+        _show_deployment(self._stats, scorer.deployment)
         self._scorer = scorer
         return scorer
 
@@ -191,13 +192,14 @@ class PartitionLogic(StatefulBatchLogic[PartitionBatch, Outbound, dict[str, Any]
         cache = scorer.cache
         hits, misses = cache.hits, cache.misses
         scored = scorer.score(batch)
-        with STATS.lock:
-            STATS.cache_hits += cache.hits - hits
-            STATS.cache_misses += cache.misses - misses
-        STATS.record_event_time(scorer.partition, scorer.clock.now, scored.late_accepted)
+        stats = self._stats
+        with stats.lock:
+            stats.cache_hits += cache.hits - hits
+            stats.cache_misses += cache.misses - misses
+        stats.record_event_time(scorer.partition, scorer.clock.now, scored.late_accepted)
         if not scored.lines:
             return list(scored.dead_letters)
-        STATS.record_scored(
+        stats.record_scored(
             scored.latencies_ms,
             scored.probabilities,
             scored.labels,
@@ -224,7 +226,7 @@ class PartitionLogic(StatefulBatchLogic[PartitionBatch, Outbound, dict[str, Any]
         log.record(item, stack, scorer.high_water)
         scorer.deployment = stack[-1]
         scorer.store.write([DEPLOYMENTS_KEY], [log.to_bytes()])
-        _show_deployment(scorer.deployment)
+        _show_deployment(self._stats, scorer.deployment)
         return rejected
 
     def notify_at(self) -> datetime | None:
@@ -239,8 +241,8 @@ class PartitionLogic(StatefulBatchLogic[PartitionBatch, Outbound, dict[str, Any]
             start = self._cursor or USER_PREFIX
             self._cursor, deleted = scorer.sweep(start, self._config.sweep_chunk, safe)
             if deleted:
-                with STATS.lock:
-                    STATS.swept += deleted
+                with self._stats.lock:
+                    self._stats.swept += deleted
         self._next_sweep = self._clock() + self._config.sweep_interval
         return [], StatefulBatchLogic.RETAIN
 
@@ -256,8 +258,7 @@ class PartitionLogic(StatefulBatchLogic[PartitionBatch, Outbound, dict[str, Any]
             scorer.prune_outbox(self._marks[0])
         seconds = time.perf_counter() - started
         disk = None if self._config.state_dir is None else self._disk_bytes(scorer.partition)
-        STATS.record_snapshot(scorer.partition, seconds, scorer.store.estimate_keys(), disk)
-        _maybe_kill(self._config.kill_at_snapshot)
+        self._stats.record_snapshot(scorer.partition, seconds, scorer.store.estimate_keys(), disk)
         return {
             "partition": scorer.partition,
             "high_water": scorer.high_water,
@@ -286,17 +287,6 @@ def dir_bytes(path: Path) -> int:
             except FileNotFoundError:
                 continue
     return total
-
-
-_snapshots_taken = 0
-
-
-def _maybe_kill(at: int | None) -> None:
-    """Fault injection: SIGKILL this process inside its `at`-th snapshot call."""
-    global _snapshots_taken
-    _snapshots_taken += 1
-    if at is not None and _snapshots_taken == at:
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def logic_builder(config: PartitionConfig) -> Callable[[dict[str, Any] | None], PartitionLogic]:

@@ -198,7 +198,7 @@ class RawMessage:
         partition: Source partition.
         offset: Offset within the partition.
         timestamp: The source's timestamp in epoch seconds, if it has one.
-        ingest_ns: `time.monotonic_ns()` when the source handed it to the pipeline.
+        ingest_ns: `time.time_ns()` when the source handed it to the pipeline.
     """
 
     value: bytes | None
@@ -218,7 +218,7 @@ class Event:
         tx: The transaction.
         partition: Source partition.
         offset: Offset within the partition.
-        ingest_ns: `time.monotonic_ns()` when the message entered the pipeline.
+        ingest_ns: `time.time_ns()` when the message entered the pipeline.
     """
 
     tx: Transaction

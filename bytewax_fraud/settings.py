@@ -129,20 +129,6 @@ class Settings(BaseSettings):
     backup_interval: float = Field(
         30.0, ge=0, description="seconds old snapshots are kept, for backups of the recovery dir"
     )
-    fault_kill_at_snapshot: int | None = Field(
-        None, ge=1, description="testing only: SIGKILL the process inside its Nth snapshot"
-    )
-    fault_inputs_every: int | None = Field(
-        None,
-        ge=2,
-        description=(
-            "testing only: the generator puts a misbehaving event (late, early, misrouted) at"
-            " every Nth offset of each partition (see fault_inputs.py)"
-        ),
-    )
-    fault_inputs_twin: bool = Field(
-        False, description="testing only: leave those offsets empty instead (the clean twin)"
-    )
     control_file: Path | None = Field(
         None, description="JSON Lines file of model-control commands, tailed while running"
     )

@@ -17,7 +17,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -48,15 +48,181 @@ def _histogram(name: str, doc: str, h: Histogram) -> HistogramMetricFamily:
     return HistogramMetricFamily(name, doc, buckets=_buckets(h), sum_value=h.sum)
 
 
-def _per_partition(name: str, doc: str, values: dict[int, float]) -> GaugeMetricFamily:
-    g = GaugeMetricFamily(name, doc, labels=["partition"])
-    for p, v in sorted(values.items()):
-        g.add_metric([str(p)], v)
-    return g
+def _labelled(
+    family: type[CounterMetricFamily] | type[GaugeMetricFamily],
+    name: str,
+    doc: str,
+    label: str,
+    values: Mapping[Any, float],
+) -> Metric:
+    m = family(name, doc, labels=[label])
+    for key, v in sorted(values.items()):
+        m.add_metric([str(key)], v)
+    return m
+
+
+#: Process-wide counters: (name, help, value). Each metric is named here only.
+_COUNTERS: tuple[tuple[str, str, Callable[[RunStats], float]], ...] = (
+    (
+        "fraud_events_in",
+        "Input messages handled: scored events plus dead letters",
+        lambda s: s.scored + sum(s.dead_letters.values()),
+    ),
+    ("fraud_events_out", "Predictions emitted (replayed events included)", lambda s: s.scored),
+    (
+        "fraud_replayed",
+        "Events seen again after a resume (fenced, not applied twice)",
+        lambda s: s.replayed,
+    ),
+    (
+        "fraud_expired",
+        "Users whose state had passed the TTL when their next event came",
+        lambda s: s.expired,
+    ),
+    ("fraud_swept", "Expired user records deleted by the TTL sweep", lambda s: s.swept),
+    (
+        "fraud_cache_hits",
+        "User records found in memory (FRAUD_STATE_CACHE_MB)",
+        lambda s: s.cache_hits,
+    ),
+    (
+        "fraud_cache_misses",
+        "User records read from RocksDB (not in memory, or new users)",
+        lambda s: s.cache_misses,
+    ),
+    (
+        "fraud_delivery_failures",
+        "Messages a producer could not deliver (the run then fails)",
+        lambda s: s.delivery_failures,
+    ),
+    (
+        "fraud_late_accepted",
+        "Events scored although older than their user's last event (within the"
+        " allowed lateness); rejected ones are dead letters TimestampTooLate",
+        lambda s: s.late_accepted,
+    ),
+)
+
+#: Histograms of the whole process: (name, help, histogram).
+_HISTOGRAMS: tuple[tuple[str, str, Callable[[RunStats], Histogram]], ...] = (
+    (
+        "fraud_batch_size",
+        "Events per scored batch (one stateful-step call of one partition)",
+        lambda s: s.batch_sizes,
+    ),
+    (
+        "fraud_inference_seconds",
+        "Duration of one model call (one wave of a batch), in seconds",
+        lambda s: s.inference_seconds,
+    ),
+    (
+        "fraud_latency_seconds",
+        "End to end: source hands the event over -> prediction built, in seconds",
+        lambda s: s.latency_seconds,
+    ),
+    (
+        "fraud_snapshot_seconds",
+        "Duration of one partition snapshot (WAL sync and outbox pruning), in seconds",
+        lambda s: s.snapshot_seconds,
+    ),
+)
+
+_Labelled = tuple[
+    type[CounterMetricFamily] | type[GaugeMetricFamily],
+    str,
+    str,
+    str,
+    Callable[[RunStats, float], Mapping[Any, float]],
+]
+
+#: Families with one label: (type, name, help, label, values by label at time `now`).
+_LABELLED: tuple[_Labelled, ...] = (
+    (
+        CounterMetricFamily,
+        "fraud_dead_letters",
+        "Input messages rejected, by error class",
+        "reason",
+        lambda s, now: s.dead_letters,
+    ),
+    (
+        GaugeMetricFamily,
+        "fraud_state_keys",
+        "Estimated user records in a partition's store (updated at each snapshot)",
+        "partition",
+        lambda s, now: s.partition_keys,
+    ),
+    (
+        CounterMetricFamily,
+        "fraud_ttl_expired",
+        "TTL expiries on arrival, per state partition",
+        "partition",
+        lambda s, now: s.partition_expired,
+    ),
+    (
+        CounterMetricFamily,
+        "fraud_input_lost_messages",
+        "Input messages deleted before the job read them, skipped (FRAUD_ON_DATA_LOSS=skip)",
+        "partition",
+        lambda s, now: s.input_lost,
+    ),
+    (
+        GaugeMetricFamily,
+        "fraud_consumer_lag_messages",
+        "Messages available to an input partition but not read yet (high-water mark - position)",
+        "partition",
+        lambda s, now: {p: max(end - pos, 0) for p, (pos, end) in s.inputs.items()},
+    ),
+    (
+        GaugeMetricFamily,
+        "fraud_input_offset",
+        "Next offset an input partition will read",
+        "partition",
+        lambda s, now: {p: pos for p, (pos, _) in s.inputs.items()},
+    ),
+    (
+        GaugeMetricFamily,
+        "fraud_event_time_watermark_timestamp_seconds",
+        "A state partition's event-time clock (epoch s), robust to outlying timestamps:"
+        " it drives the TTL sweep and the lateness check (docs/event-time.md)",
+        "partition",
+        lambda s, now: s.event_clock,
+    ),
+    (
+        GaugeMetricFamily,
+        "fraud_event_time_lag_seconds",
+        "Wall clock minus a state partition's event-time watermark, in seconds",
+        "partition",
+        lambda s, now: {p: now - w for p, w in s.event_clock.items()},
+    ),
+    (
+        GaugeMetricFamily,
+        "fraud_snapshot_age_seconds",
+        "Seconds since a state partition last completed its part of a snapshot",
+        "partition",
+        lambda s, now: {p: max(now - t, 0.0) for p, (t, _) in s.last_snapshot.items()},
+    ),
+    (
+        GaugeMetricFamily,
+        "fraud_snapshot_last_duration_seconds",
+        "Duration of a state partition's last snapshot, in seconds",
+        "partition",
+        lambda s, now: {p: d for p, (_, d) in s.last_snapshot.items()},
+    ),
+    (
+        GaugeMetricFamily,
+        "fraud_state_disk_bytes",
+        "Bytes a state partition's RocksDB store takes on disk (SST, WAL), at its last snapshot",
+        "partition",
+        lambda s, now: {p: float(b) for p, b in s.partition_bytes.items()},
+    ),
+)
 
 
 class StatsCollector(Collector):
-    """Exports one `RunStats` (the process's `STATS` by default) as `fraud_*` metrics."""
+    """Exports one `RunStats` (the process's `STATS` by default) as `fraud_*` metrics.
+
+    Every metric is declared once, in the tables above, with the value it reads.
+    """
 
     def __init__(self, stats: RunStats = STATS, clock: Callable[[], float] = time.time) -> None:
         """Read from `stats` at every scrape; ages are measured with `clock` (epoch s)."""
@@ -64,173 +230,35 @@ class StatsCollector(Collector):
         self._clock = clock
 
     def collect(self) -> Iterator[Metric]:
-        """Build every metric family from one consistent copy of the stats."""
+        """Build every metric family from one consistent view of the stats (under its lock)."""
         s = self._stats
-        with s.lock:
-            scored = s.scored
-            dead = dict(s.dead_letters)
-            values = {
-                "replayed": s.replayed,
-                "expired": s.expired,
-                "swept": s.swept,
-                "cache_hits": s.cache_hits,
-                "cache_misses": s.cache_misses,
-                "delivery_failures": s.delivery_failures,
-                "late_accepted": s.late_accepted,
-            }
-            model, rollout = s.model, s.rollout
-            hists = [
-                _histogram(
-                    "fraud_batch_size",
-                    "Events per scored batch (one stateful-step call of one partition)",
-                    s.batch_sizes,
-                ),
-                _histogram(
-                    "fraud_inference_seconds",
-                    "Duration of one model call (one wave of a batch), in seconds",
-                    s.inference_seconds,
-                ),
-                _histogram(
-                    "fraud_latency_seconds",
-                    "End to end: source hands the event over -> prediction built, in seconds",
-                    s.latency_seconds,
-                ),
-                _histogram(
-                    "fraud_snapshot_seconds",
-                    "Duration of one partition snapshot (WAL sync and outbox pruning), in seconds",
-                    s.snapshot_seconds,
-                ),
-            ]
-            keys = dict(s.partition_keys)
-            part_expired = dict(s.partition_expired)
-            input_lost = dict(s.input_lost)
-            scores = [(label, _buckets(h), h.sum) for label, h in sorted(s.scores.items())]
-            watermarks = dict(s.event_clock)
-            inputs = dict(s.inputs)
-            last_snapshot = dict(s.last_snapshot)
-            disk = dict(s.partition_bytes)
         now = self._clock()
-
-        events_in = CounterMetricFamily(
-            "fraud_events_in", "Input messages handled: scored events plus dead letters"
-        )
-        events_in.add_metric([], scored + sum(dead.values()))
-        yield events_in
-        events_out = CounterMetricFamily(
-            "fraud_events_out", "Predictions emitted (replayed events included)"
-        )
-        events_out.add_metric([], scored)
-        yield events_out
-        dead_letters = CounterMetricFamily(
-            "fraud_dead_letters", "Input messages rejected, by error class", labels=["reason"]
-        )
-        for reason, n in sorted(dead.items()):
-            dead_letters.add_metric([reason], n)
-        yield dead_letters
-        for name, doc in (
-            ("replayed", "Events seen again after a resume (fenced, not applied twice)"),
-            ("expired", "Users whose state had passed the TTL when their next event came"),
-            ("swept", "Expired user records deleted by the TTL sweep"),
-            ("cache_hits", "User records found in memory (FRAUD_STATE_CACHE_MB)"),
-            ("cache_misses", "User records read from RocksDB (not in memory, or new users)"),
-            ("delivery_failures", "Messages a producer could not deliver (the run then fails)"),
-            (
-                "late_accepted",
-                "Events scored although older than their user's last event (within the"
-                " allowed lateness); rejected ones are dead letters TimestampTooLate",
-            ),
-        ):
-            c = CounterMetricFamily(f"fraud_{name}", doc)
-            c.add_metric([], values[name])
-            yield c
-        yield from hists
-        state_keys = GaugeMetricFamily(
-            "fraud_state_keys",
-            "Estimated user records in a partition's store (updated at each snapshot)",
-            labels=["partition"],
-        )
-        for p, n in sorted(keys.items()):
-            state_keys.add_metric([str(p)], n)
-        yield state_keys
-        ttl = CounterMetricFamily(
-            "fraud_ttl_expired",
-            "TTL expiries on arrival, per state partition",
-            labels=["partition"],
-        )
-        for p, n in sorted(part_expired.items()):
-            ttl.add_metric([str(p)], n)
-        yield ttl
-        lost = CounterMetricFamily(
-            "fraud_input_lost_messages",
-            "Input messages deleted before the job read them, skipped (FRAUD_ON_DATA_LOSS=skip)",
-            labels=["partition"],
-        )
-        for p, n in sorted(input_lost.items()):
-            lost.add_metric([str(p)], n)
-        yield lost
-        info = InfoMetricFamily("fraud_model", "The active model (id@sha256 prefix)")
-        info.add_metric([], {"model": model})
-        yield info
-        share = GaugeMetricFamily(
-            "fraud_model_rollout", "Share of traffic scored by the candidate model (0..1)"
-        )
-        share.add_metric([], rollout)
-        yield share
-        yield from _freshness(now, inputs, watermarks, last_snapshot, disk)
-        probability = HistogramMetricFamily(
-            "fraud_predicted_probability",
-            "Predicted fraud probability of freshly scored events (replays excluded), per model",
-            labels=["model"],
-        )
-        for label, b, total in scores:
-            probability.add_metric([label], b, total)
-        yield probability
-
-
-def _freshness(
-    now: float,
-    inputs: dict[int, tuple[int, int]],
-    watermarks: dict[int, float],
-    last_snapshot: dict[int, tuple[float, float]],
-    disk: dict[int, int],
-) -> Iterator[Metric]:
-    """Lag, snapshot freshness and store size, per partition."""
-    yield _per_partition(
-        "fraud_consumer_lag_messages",
-        "Messages available to an input partition but not read yet (high-water mark - position)",
-        {p: max(end - pos, 0) for p, (pos, end) in inputs.items()},
-    )
-    yield _per_partition(
-        "fraud_input_offset",
-        "Next offset an input partition will read",
-        {p: pos for p, (pos, _) in inputs.items()},
-    )
-    yield _per_partition(
-        "fraud_event_time_watermark_timestamp_seconds",
-        "A state partition's event-time clock (epoch s), robust to outlying timestamps:"
-        " it drives the TTL sweep and the lateness check (docs/event-time.md)",
-        watermarks,
-    )
-    yield _per_partition(
-        "fraud_event_time_lag_seconds",
-        "Wall clock minus a state partition's event-time watermark, in seconds",
-        {p: now - w for p, w in watermarks.items()},
-    )
-    yield _per_partition(
-        "fraud_snapshot_age_seconds",
-        "Seconds since a state partition last completed its part of a snapshot",
-        {p: max(now - t, 0.0) for p, (t, _) in last_snapshot.items()},
-    )
-    yield _per_partition(
-        "fraud_snapshot_last_duration_seconds",
-        "Duration of a state partition's last snapshot, in seconds",
-        {p: d for p, (_, d) in last_snapshot.items()},
-    )
-    yield _per_partition(
-        "fraud_state_disk_bytes",
-        "Bytes a state partition's RocksDB store takes on disk (SST, WAL), at its last snapshot",
-        {p: float(b) for p, b in disk.items()},
-    )
+        with s.lock:
+            out: list[Metric] = []
+            for name, doc, value in _COUNTERS:
+                counter = CounterMetricFamily(name, doc)
+                counter.add_metric([], value(s))
+                out.append(counter)
+            out += [_histogram(name, doc, h(s)) for name, doc, h in _HISTOGRAMS]
+            out += [
+                _labelled(f, name, doc, label, v(s, now)) for f, name, doc, label, v in _LABELLED
+            ]
+            info = InfoMetricFamily("fraud_model", "The active model (id@sha256 prefix)")
+            info.add_metric([], {"model": s.model})
+            share = GaugeMetricFamily(
+                "fraud_model_rollout", "Share of traffic scored by the candidate model (0..1)"
+            )
+            share.add_metric([], s.rollout)
+            probability = HistogramMetricFamily(
+                "fraud_predicted_probability",
+                "Predicted fraud probability of freshly scored events (replays excluded),"
+                " per model",
+                labels=["model"],
+            )
+            for label, h in sorted(s.scores.items()):
+                probability.add_metric([label], _buckets(h), h.sum)
+            out += [info, share, probability]
+        return iter(out)
 
 
 class ProgressCollector(Collector):

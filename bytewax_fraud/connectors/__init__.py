@@ -18,7 +18,6 @@ from typing import Any
 from bytewax.inputs import FixedPartitionedSource, Source
 from bytewax.outputs import Sink
 
-from bytewax_fraud.connectors.fault_inputs import FaultPlan
 from bytewax_fraud.connectors.file_input import list_input
 from bytewax_fraud.connectors.file_source import FileSource
 from bytewax_fraud.connectors.files import JsonLinesSink, StdoutSink
@@ -110,11 +109,6 @@ def make_source(s: Settings) -> Source[RawBatch | ControlMessage]:
             rate=s.rate,
             batch_max=s.batch_max,
             batch_timeout_s=s.batch_timeout_ms / 1000.0,
-            faults=(
-                FaultPlan(s.fault_inputs_every, s.fault_inputs_twin)
-                if s.fault_inputs_every
-                else None
-            ),
         )
     return WithControl(inner, control_reader(s), _control_name(s), s.control_poll_interval)
 

@@ -19,7 +19,6 @@ import numpy as np
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from bytewax_fraud.connectors.batching import DeadlineBatcher
-from bytewax_fraud.connectors.fault_inputs import FaultPlan, FaultyGeneratorPartition
 from bytewax_fraud.connectors.generator import TransactionGenerator
 from bytewax_fraud.partitioning import partition_of_routing_key, routing_key
 from bytewax_fraud.process import shutdown
@@ -46,8 +45,6 @@ class GeneratorSource(FixedPartitionedSource[RawBatch, int]):
     batch_max: int = 1024
     batch_timeout_s: float = 0.02
     clock: Callable[[], float] = time.monotonic
-    #: Testing only: misbehaving events (or gaps) at fixed offsets (see fault_inputs.py).
-    faults: FaultPlan | None = None
 
     def list_parts(self) -> list[str]:
         return [routing_key(p) for p in range(self.partitions)]
@@ -60,10 +57,6 @@ class GeneratorSource(FixedPartitionedSource[RawBatch, int]):
             users=self.users, seed=self.seed, partition_count=self.partitions, partition_index=p
         )
         quota = partition_quota(self.events, self.partitions, p)
-        if self.faults is not None:
-            return FaultyGeneratorPartition(
-                gen, p, resume_state or 0, quota, self.batch_max, self.faults
-            )
         return _GeneratorPartition(
             gen,
             p,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from bytewax_fraud.control.commands import (
     ControlMessage,
     ControlRejected,
     LoadCommand,
+    RollbackCommand,
     parse_command,
 )
 from bytewax_fraud.errors import ModelChangedError, ModelContractError
@@ -71,24 +73,52 @@ class ModelGate:
             raise ControlRejected("ModelLoadFailed", f"{cmd.path}: {exc}") from None
 
 
+@dataclass(frozen=True)
+class _Admitted:
+    """A validated command; its model is held weakly, so that only deployments keep it alive."""
+
+    seq: int
+    command: LoadCommand | RollbackCommand
+    model: weakref.ref[LoadedModel] | None
+
+    def item(self, partition: int) -> ControlItem | None:
+        """The item for one partition, or None if the model has been released since."""
+        model = self.model() if self.model is not None else None
+        if self.model is not None and model is None:
+            return None
+        return ControlItem(partition, self.seq, self.command, model)
+
+
 class CommandValidator:
-    """Turns control messages into items, validating each command once per process."""
+    """Turns control messages into items, validating each command once per process.
+
+    Every partition receives every command; the first to ask validates it (and
+    loads its model), the others get the same outcome. The outcome keeps the model
+    only weakly: once no partition's deployments use it, its session is released,
+    and a partition that reaches the command after that loads the file again.
+    """
 
     def __init__(self, gate: ModelGate) -> None:
         self._gate = gate
         self._lock = threading.Lock()
-        self._done: dict[int, ControlItem | ControlRejected] = {}
+        self._done: dict[int, _Admitted | ControlRejected] = {}
 
     def validate(self, msg: ControlMessage) -> ControlItem | ControlRejected:
         """The item for `msg.partition`, or the rejection (the same for every partition)."""
         with self._lock:
             outcome = self._done.get(msg.seq)
-            if outcome is None:
-                outcome = self._check(msg)
-                self._done[msg.seq] = outcome
-        if isinstance(outcome, ControlRejected):
-            return outcome
-        return ControlItem(msg.partition, msg.seq, outcome.command, outcome.model)
+            if isinstance(outcome, ControlRejected):
+                return outcome
+            item = outcome.item(msg.partition) if outcome is not None else None
+            if item is not None:
+                return item
+            checked = self._check(msg)
+            if isinstance(checked, ControlItem):
+                ref = weakref.ref(checked.model) if checked.model is not None else None
+                self._done[msg.seq] = _Admitted(checked.seq, checked.command, ref)
+            else:
+                self._done[msg.seq] = checked
+            return checked
 
     def _check(self, msg: ControlMessage) -> ControlItem | ControlRejected:
         try:

@@ -1,7 +1,9 @@
-"""The one way this process loads a model: at start, on restore and for a load command.
+"""The one way this process loads a model: at start, on restore, for a load command and in tools.
 
-The file is read once; the hash, the contract check and the session all use
-those same bytes, so the file cannot change between the check and the load.
+The file is read once and hashed once; the hash check, the contract check and
+the session all use those same bytes, so the file cannot change between the
+check and the load. Sessions are shared per file and released when no longer
+used (`inference.runtime.model_session`).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from pathlib import Path
 
 from bytewax_fraud.errors import ModelChangedError
 from bytewax_fraud.features import N_FEATURES
-from bytewax_fraud.inference.runtime import LoadedModel, load_model_bytes
+from bytewax_fraud.inference.runtime import LoadedModel, model_session
 
 
 @dataclass(frozen=True)
@@ -32,7 +34,7 @@ class ModelLoader:
     def load(
         self, path: str | Path, *, model_id: str | None = None, sha256: str | None = None
     ) -> LoadedModel:
-        """Read, check and load a model file (sessions are shared per process).
+        """Read, check and load a model file (one session per file while in use).
 
         Args:
             path: The ONNX file.
@@ -47,18 +49,17 @@ class ModelLoader:
         """
         path = Path(path)
         data = path.read_bytes()
-        if sha256 is not None:
-            actual = hashlib.sha256(data).hexdigest()
-            if actual != sha256.lower():
-                raise ModelChangedError(
-                    f"{path} has sha256 {actual}, expected {sha256.lower()}", actual
-                )
-        return load_model_bytes(
+        actual = hashlib.sha256(data).hexdigest()
+        if sha256 is not None and actual != sha256.lower():
+            raise ModelChangedError(
+                f"{path} has sha256 {actual}, expected {sha256.lower()}", actual
+            )
+        shared = model_session(
             data,
-            model_id=model_id or path.stem,
+            actual,
             device=self.device,
             threads=self.threads,
             expected_features=N_FEATURES,
             warmup_batch=self.warmup_batch,
-            source=str(path),
         )
+        return LoadedModel(model_id or path.stem, actual, str(path), shared)

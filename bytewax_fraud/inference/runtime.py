@@ -1,12 +1,11 @@
-"""ONNX Runtime sessions: one per process and model, checked against the contract, warmed up."""
+"""ONNX Runtime sessions: one per process and model file while in use, checked and warmed up."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
+import weakref
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -18,7 +17,10 @@ from bytewax_fraud.inference.contract import ModelSignature, check_contract
 log = logging.getLogger(__name__)
 
 _LOCK = threading.Lock()
-_CACHE: dict[tuple[str, str, str, int], LoadedModel] = {}
+#: (sha256, device, threads) -> the session, held weakly: see `model_session`.
+_SESSIONS: weakref.WeakValueDictionary[tuple[str, str, int], ModelSession] = (
+    weakref.WeakValueDictionary()
+)
 
 
 def model_tag(sha256_hex: str) -> int:
@@ -26,16 +28,46 @@ def model_tag(sha256_hex: str) -> int:
     return int(sha256_hex[:16], 16)
 
 
+@dataclass(frozen=True, eq=False)
+class ModelSession:
+    """An ONNX Runtime session checked against the contract and warmed up (one per file)."""
+
+    session: ort.InferenceSession = field(repr=False)
+    signature: ModelSignature
+    device: str
+
+    def predict(
+        self, features: npt.NDArray[np.float32], hidden: npt.NDArray[np.float32] | None
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32] | None]:
+        """Probabilities [B] and new hidden states [B, H] (None for a stateless model)."""
+        if self.signature.kind == "stateless":
+            (prob,) = self.session.run(["output_probability"], {"input_features": features})
+            return prob.reshape(-1), None
+        prob, new_hidden = self.session.run(
+            ["output_probability", "output_hidden_state"],
+            {"input_features": features, "input_hidden_state": hidden},
+        )
+        return prob.reshape(-1), new_hidden
+
+
 @dataclass(frozen=True)
 class LoadedModel:
-    """A validated, warmed-up model ready to score batches."""
+    """A model as a deployment names it (id, hash, file) and the shared session that runs it."""
 
     model_id: str
     sha256: str
-    signature: ModelSignature
-    device: str
     path: str = field(compare=False)
-    session: ort.InferenceSession = field(repr=False, compare=False)
+    shared: ModelSession = field(repr=False, compare=False)
+
+    @property
+    def signature(self) -> ModelSignature:
+        """The inputs and outputs the model was checked to have."""
+        return self.shared.signature
+
+    @property
+    def device(self) -> str:
+        """The device the session runs on (`cpu` or `cuda:N`)."""
+        return self.shared.device
 
     @property
     def label(self) -> str:
@@ -56,14 +88,7 @@ class LoadedModel:
         self, features: npt.NDArray[np.float32], hidden: npt.NDArray[np.float32] | None
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32] | None]:
         """Probabilities [B] and new hidden states [B, H] (None for a stateless model)."""
-        if self.signature.kind == "stateless":
-            (prob,) = self.session.run(["output_probability"], {"input_features": features})
-            return prob.reshape(-1), None
-        prob, new_hidden = self.session.run(
-            ["output_probability", "output_hidden_state"],
-            {"input_features": features, "input_hidden_state": hidden},
-        )
-        return prob.reshape(-1), new_hidden
+        return self.shared.predict(features, hidden)
 
 
 def providers_for(device: str) -> list[str | tuple[str, dict[str, str]]]:
@@ -100,66 +125,45 @@ def _session(data: bytes, device: str, threads: int) -> tuple[ort.InferenceSessi
     )
 
 
-def load_model(
-    path: str | Path,
-    *,
-    model_id: str | None = None,
-    device: str = "cpu",
-    threads: int = 1,
-    expected_features: int | None = None,
-    warmup_batch: int = 256,
-) -> LoadedModel:
-    """Load (or reuse) the process-wide session for a model file."""
-    return load_model_bytes(
-        Path(path).read_bytes(),
-        model_id=model_id or Path(path).stem,
-        device=device,
-        threads=threads,
-        expected_features=expected_features,
-        warmup_batch=warmup_batch,
-        source=str(path),
-    )
-
-
-def load_model_bytes(
+def model_session(
     data: bytes,
+    sha256: str,
     *,
-    model_id: str,
-    device: str = "cpu",
-    threads: int = 1,
-    expected_features: int | None = None,
-    warmup_batch: int = 256,
-    source: str = "",
-) -> LoadedModel:
-    """Load (or reuse) the process-wide session for a model's bytes.
+    device: str,
+    threads: int,
+    expected_features: int | None,
+    warmup_batch: int,
+) -> ModelSession:
+    """The process's session for a model's bytes: shared while anything uses it, then released.
 
-    The bytes are read once by the caller; the contract check, the hash and the
-    session all use them. Sessions are shared by every partition of the process,
-    keyed by (sha256, model id, device, threads).
+    Sessions are keyed by (sha256, device, threads), so one file loaded under two
+    model ids shares one session. The table holds them weakly: once no
+    `LoadedModel` refers to a session (no deployment, candidate or rollback target
+    serves it), it is freed, and loading the file again builds a new one.
+    Called by `inference.loader.ModelLoader`, which reads the file and hashes it once.
     """
-    sha = hashlib.sha256(data).hexdigest()
-    key = (sha, model_id, device, threads)
+    key = (sha256, device, threads)
     with _LOCK:
-        cached = _CACHE.get(key)
-        if cached is not None:
-            return cached
+        shared = _SESSIONS.get(key)
+        if shared is not None:
+            return shared
         signature = check_contract(data, expected_features=expected_features)
         session, used = _session(data, device, threads)
-        model = LoadedModel(
-            model_id=model_id,
-            sha256=sha,
-            signature=signature,
-            device=used,
-            path=source,
-            session=session,
-        )
-        _warm_up(model, warmup_batch)
-        _CACHE[key] = model
-        return model
+        shared = ModelSession(session, signature, used)
+        _warm_up(shared, warmup_batch)
+        _SESSIONS[key] = shared
+        return shared
 
 
-def _warm_up(model: LoadedModel, batch: int) -> None:
+def live_sessions() -> int:
+    """How many model sessions this process holds (for tests and the status of a swap)."""
+    with _LOCK:
+        return len(_SESSIONS)
+
+
+def _warm_up(shared: ModelSession, batch: int) -> None:
+    hidden_size = shared.signature.hidden_size
     for b in (1, batch):
-        feats = np.zeros((b, model.signature.n_features), np.float32)
-        hidden = np.zeros((b, model.hidden_size), np.float32) if model.hidden_size else None
-        model.predict(feats, hidden)
+        feats = np.zeros((b, shared.signature.n_features), np.float32)
+        hidden = np.zeros((b, hidden_size), np.float32) if hidden_size else None
+        shared.predict(feats, hidden)

@@ -20,9 +20,8 @@ Layout (version 1): ``b"\\x00OB1"`` | u4 n | n x i8 offsets | n x u4 line ends |
 the lines, concatenated (all little-endian). An event rejected after parsing (too
 late, too far ahead: event_time.py) has an entry of its own, keyed by its offset:
 ``b"\\x00RJ1\\x00"`` | error class | ``\\x00`` | reason, so a replay rejects it again
-with the same words. Any other value is a line of the earlier layout (one entry
-per event, keyed by its own offset) and is read as such, so stores written before
-stay readable.
+with the same words. Any other value is refused (`OutboxEntryError`): damaged
+bytes must never come out as a prediction line.
 """
 
 from __future__ import annotations
@@ -32,7 +31,7 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from bytewax_fraud.errors import StateError
+from bytewax_fraud.errors import OutboxEntryError, StateError
 from bytewax_fraud.state.base import OUTBOX_PREFIX, StateStore, outbox_key
 
 MAGIC = b"\x00OB1"
@@ -73,11 +72,21 @@ def decode_rejection(value: bytes | None) -> tuple[str, str] | None:
 
 
 def decode_entry(key: bytes, value: bytes) -> dict[int, bytes]:
-    """The lines of one outbox entry by offset (either layout; a rejection has none)."""
+    """The lines of one outbox entry by offset (a rejection has none).
+
+    Raises:
+        OutboxEntryError: The value is neither a batch entry nor a rejection.
+        StateError: A batch entry's lines do not match its header.
+    """
     if value.startswith(REJECTED):
         return {}
     if not value.startswith(MAGIC):
-        return {int.from_bytes(key[len(OUTBOX_PREFIX) :], "big"): value}
+        offset = int.from_bytes(key[len(OUTBOX_PREFIX) :], "big")
+        raise OutboxEntryError(
+            f"the outbox entry at offset {offset} starts with {value[:8]!r}, not {MAGIC!r}: the"
+            " store is damaged or was written by another version; restore the state directory"
+            " from a backup or delete it (with the recovery directory) to start fresh"
+        )
     n = int.from_bytes(value[4:8], "little")
     head = 8 + 12 * n
     if len(value) < head:

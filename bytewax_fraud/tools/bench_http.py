@@ -28,8 +28,9 @@ from pathlib import Path
 import numpy as np
 
 from bytewax_fraud.connectors.generator import TransactionGenerator
-from bytewax_fraud.features import N_FEATURES, compute_features, merchant_code, push
-from bytewax_fraud.inference.runtime import LoadedModel, load_model
+from bytewax_fraud.features import compute_features, merchant_code, push
+from bytewax_fraud.inference.loader import ModelLoader
+from bytewax_fraud.inference.runtime import LoadedModel
 from bytewax_fraud.records import Transaction
 
 WINDOW = 10  # the Settings default, as the dataflow runs in the benchmark
@@ -71,7 +72,7 @@ def serve(model_path: Path, device: str) -> None:
 
     Prints one line `PORT <port> HIDDEN <hidden size>` on stdout once it listens.
     """
-    model = load_model(model_path, device=device, expected_features=N_FEATURES, warmup_batch=1)
+    model = ModelLoader(device, warmup_batch=1).load(model_path)
     server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(model))
     server.daemon_threads = True
     print(f"PORT {server.server_address[1]} HIDDEN {model.hidden_size}", flush=True)

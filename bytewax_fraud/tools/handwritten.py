@@ -15,7 +15,7 @@ messages of every partition (`GeneratorSource`'s streams, the same quota per
 partition), interleaved in source-sized slices. They are **generated before the
 clock starts**: the figures do not include generating or encoding them (the
 dataflow's do). The features come from `bytewax_fraud.features` and the model
-is loaded with `load_model`, so the arithmetic is the dataflow's.
+is loaded with `ModelLoader`, so the arithmetic is the dataflow's.
 
 Run by the benchmark as a subprocess (so that its peak RSS can be read):
 
@@ -38,8 +38,9 @@ import orjson
 
 from bytewax_fraud.connectors.generator import TransactionGenerator
 from bytewax_fraud.connectors.generator_source import partition_quota
-from bytewax_fraud.features import N_FEATURES, compute_features, merchant_code, push
-from bytewax_fraud.inference.runtime import LoadedModel, load_model
+from bytewax_fraud.features import compute_features, merchant_code, push
+from bytewax_fraud.inference.loader import ModelLoader
+from bytewax_fraud.inference.runtime import LoadedModel
 from bytewax_fraud.settings import DEFAULT_MODEL
 
 WINDOW = 10  # the Settings default, as the dataflow runs in the benchmark
@@ -242,9 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         help="read the events from this JSON Lines file, inside the clock, instead of generating",
     )
     a = ap.parse_args(argv)
-    model = load_model(
-        a.model, device=a.device, expected_features=N_FEATURES, warmup_batch=a.batch_max
-    )
+    model = ModelLoader(a.device, warmup_batch=a.batch_max).load(a.model)
     g0 = time.perf_counter()
     if a.input is not None:  # the same bytes as the job's FRAUD_INPUT, read in the timed run
         values = a.input.read_bytes().splitlines()

@@ -38,7 +38,8 @@ import numpy as np
 
 from bytewax_fraud.connectors.generator import user_id, user_id_bytes
 from bytewax_fraud.errors import FraudError
-from bytewax_fraud.inference.runtime import LoadedModel, load_model
+from bytewax_fraud.inference.loader import ModelLoader
+from bytewax_fraud.inference.runtime import LoadedModel
 from bytewax_fraud.partition_logic import PartitionBatch, PartitionConfig, PartitionLogic
 from bytewax_fraud.partitioning import murmur2_many
 from bytewax_fraud.records import Event, EventBatch, Transaction
@@ -421,7 +422,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def measure(args: argparse.Namespace, workdir: Path, log: Any = print) -> dict[str, Any]:
     """Every figure of the report (see the module docstring)."""
-    model = load_model(DEFAULT_MODEL, warmup_batch=args.batch)
+    model = ModelLoader(warmup_batch=args.batch).load(DEFAULT_MODEL)
     state_dir = workdir / "state"
     log(f"building {args.users:,} user records in {state_dir} ...")
     build = build_state(state_dir, args.users, args.partitions, args.window, model, args.seed)

@@ -1,4 +1,11 @@
-"""Run the job as a real process, kill it, resume it, and read back its state and outputs."""
+"""Run the job as a real process, kill it, resume it, and read back its state and outputs.
+
+Every kill test proves that its kill interrupted a running job (`kill_running`,
+`assert_interrupted`): each process exits by SIGKILL, and the job had written
+fewer distinct outputs than the clean run writes in all. A test whose job had
+already finished (a fast machine, a run too short for its kill window) fails
+instead of passing without having tested a crash.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +16,10 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -58,11 +66,21 @@ class JobDirs:
         return env
 
 
+#: The production entry point, and the test-only one that injects faults (fault_job.py).
+JOB = [sys.executable, "-m", "bytewax_fraud"]
+FAULT_JOB = [sys.executable, str(Path(__file__).with_name("fault_job.py"))]
+
+
 def start(dirs: JobDirs, args: list[str] = (), **env: Any) -> subprocess.Popen[bytes]:  # type: ignore[assignment]
-    """Start `python -m bytewax_fraud` for these directories."""
+    """Start `python -m bytewax_fraud` for these directories.
+
+    Given any `TEST_FAULT_*` variable, the job runs through `fault_job.py`, which
+    injects those faults into the production job (see its docstring).
+    """
     dirs.root.mkdir(parents=True, exist_ok=True)
+    entry = FAULT_JOB if any(k.startswith("TEST_FAULT_") for k in env) else JOB
     return subprocess.Popen(
-        [sys.executable, "-m", "bytewax_fraud", *args],
+        [*entry, *args],
         env=dirs.env(**env),
         cwd=dirs.root,
         stdout=subprocess.DEVNULL,
@@ -79,10 +97,77 @@ def run(dirs: JobDirs, args: list[str] = (), timeout: float = 300, **env: Any) -
     return err.decode()
 
 
+class OutputCount(Protocol):
+    """How many distinct outputs (transaction ids) a job has written so far."""
+
+    def count(self) -> int: ...
+
+
+@dataclass
+class FileOutputs:
+    """Distinct transaction ids in a predictions file, read incrementally as it grows."""
+
+    path: Path
+    _pos: int = 0
+    _ids: set[str] = field(default_factory=set)
+
+    def count(self) -> int:
+        if self.path.exists():
+            with self.path.open("rb") as f:
+                f.seek(self._pos)
+                chunk = f.read()
+            end = chunk.rfind(b"\n") + 1  # a line still being written is read next time
+            for line in chunk[:end].splitlines():
+                self._ids.add(json.loads(line)["transaction_id"])
+            self._pos += end
+        return len(self._ids)
+
+
+def assert_interrupted(
+    procs: Sequence[subprocess.Popen[bytes]], outputs: OutputCount, clean_outputs: int
+) -> int:
+    """Fail unless the job died by SIGKILL before writing everything; its outputs at the kill.
+
+    Call it once every process has exited (after a kill, or a kill the job gave itself).
+    """
+    for i, p in enumerate(procs):
+        err = p.stderr.read().decode() if p.stderr else ""
+        assert p.returncode == -signal.SIGKILL, (
+            f"process {i} exited with {p.returncode}, not by SIGKILL: the kill hit no running"
+            f" job\n{err[-3000:]}"
+        )
+    written = outputs.count()
+    assert written < clean_outputs, (
+        f"the job had written all {clean_outputs} outputs before it was killed: no crash was"
+        " tested; kill it sooner or give it more input"
+    )
+    return written
+
+
+def kill_running(
+    procs: Sequence[subprocess.Popen[bytes]], outputs: OutputCount, clean_outputs: int
+) -> int:
+    """SIGKILL a running job (every process) and prove the kill interrupted it.
+
+    Returns:
+        The distinct outputs the job had written when it died (fewer than `clean_outputs`).
+    """
+    for i, p in enumerate(procs):
+        assert p.poll() is None, f"process {i} ended ({p.returncode}) before its kill"
+    for p in procs:
+        p.send_signal(signal.SIGKILL)
+    for p in procs:
+        p.wait(timeout=60)
+    return assert_interrupted(procs, outputs, clean_outputs)
+
+
 def run_with_kills(
     dirs: JobDirs,
     kills: int,
     rng: random.Random,
+    *,
+    clean_outputs: int,
+    outputs: OutputCount | None = None,
     args_per_run: list[list[str]] | None = None,
     window: tuple[float, float] = (2.0, 5.0),
     after_output: bool = False,
@@ -92,30 +177,34 @@ def run_with_kills(
 
     A kill comes `window` seconds after the start, or, with `after_output`, after
     the run first adds to the predictions file (so start-up time, which varies
-    from machine to machine, does not decide whether a kill hits).
+    from machine to machine, does not decide whether a kill hits). It comes
+    sooner if the job has written 90 % of `clean_outputs`, so that a fast machine
+    still kills a running job. Every kill must interrupt the job (`kill_running`).
 
-    Returns how many kills hit a running job (a run may finish before its kill).
+    Args:
+        clean_outputs: Distinct outputs of the clean run (its transaction ids).
+        outputs: Counts the job's outputs (default: its predictions file).
+
+    Returns:
+        How many kills hit a running job: all of them, or the test fails.
     """
-    hit = 0
+    counter = outputs or FileOutputs(dirs.out / "predictions.jsonl")
+    cap = int(0.9 * clean_outputs)
     for i in range(kills + 1):
         args = (args_per_run or [[]])[min(i, len(args_per_run or [[]]) - 1)]
         p = start(dirs, args, **env)
         if i == kills:
             _, err = p.communicate(timeout=300)
             assert p.returncode == 0, err.decode()[-3000:]
-            return hit
+            return kills
         delay = rng.uniform(*window)
         if after_output:
             _wait_for_output(p, dirs.out / "predictions.jsonl")
         deadline = time.monotonic() + delay
-        while p.poll() is None and time.monotonic() < deadline:
+        while p.poll() is None and time.monotonic() < deadline and counter.count() < cap:
             time.sleep(0.05)
-        if p.poll() is None:
-            p.send_signal(signal.SIGKILL)
-            hit += 1
-        _, err = p.communicate(timeout=60)
-        assert p.returncode in (0, -signal.SIGKILL), err.decode()[-3000:]
-    return hit
+        kill_running([p], counter, clean_outputs)
+    return kills
 
 
 def _wait_for_output(p: subprocess.Popen[bytes], path: Path, timeout: float = 120.0) -> None:

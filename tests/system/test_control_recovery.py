@@ -6,7 +6,7 @@ import json
 import time
 from pathlib import Path
 
-from recovery_harness import JobDirs, predictions, run, start
+from recovery_harness import FileOutputs, JobDirs, kill_running, predictions, run, start
 
 
 def test_crash_between_a_switch_and_the_next_snapshot(tmp_path: Path, model_dir: Path) -> None:
@@ -31,10 +31,14 @@ def test_crash_between_a_switch_and_the_next_snapshot(tmp_path: Path, model_dir:
     run(clean, **env)
     crashed = JobDirs(tmp_path / "crashed")
     p = start(crashed, **env)
-    time.sleep(3.0)
-    p.kill()
-    p.communicate(timeout=60)
-    assert (crashed.out / "predictions.jsonl").stat().st_size > 0  # it was mid-run
+    outputs = FileOutputs(crashed.out / "predictions.jsonl")
+    # Kill it mid-run, after the switch (applied before the first event) has scored some.
+    deadline = time.monotonic() + 120
+    while outputs.count() < 20_000:
+        assert p.poll() is None, "the job ended before the kill"
+        assert time.monotonic() < deadline, "the job wrote too little within 120 s"
+        time.sleep(0.02)
+    assert kill_running([p], outputs, 120_000) >= 20_000
     control.write_text("")
     run(crashed, **env)
     got, want = predictions(crashed.out), predictions(clean.out)

@@ -9,7 +9,17 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from recovery_harness import JobDirs, live_records, predictions, run, run_with_kills, start
+from recovery_harness import (
+    FileOutputs,
+    JobDirs,
+    assert_interrupted,
+    kill_running,
+    live_records,
+    predictions,
+    run,
+    run_with_kills,
+    start,
+)
 
 EVENTS = 200_000
 BASE = {"FRAUD_EVENTS": EVENTS, "FRAUD_USERS": 20_000, "FRAUD_PARTITIONS": 4, "FRAUD_SEED": 5}
@@ -39,9 +49,15 @@ def assert_same_as_clean(dirs: JobDirs, clean: JobDirs) -> None:
 def test_random_kills_lose_nothing_and_apply_nothing_twice(tmp_path: Path, clean: JobDirs) -> None:
     dirs = JobDirs(tmp_path)
     hits = run_with_kills(
-        dirs, kills=3, rng=random.Random(11), window=(0.2, 1.5), after_output=True, **TTL_ENV
+        dirs,
+        kills=3,
+        rng=random.Random(11),
+        clean_outputs=EVENTS,
+        window=(0.2, 1.5),
+        after_output=True,
+        **TTL_ENV,
     )
-    assert hits >= 2
+    assert hits == 3
     assert_same_as_clean(dirs, clean)
 
 
@@ -49,17 +65,23 @@ def test_random_kills_lose_nothing_and_apply_nothing_twice(tmp_path: Path, clean
 def test_soak_twelve_random_kills(tmp_path: Path, clean: JobDirs) -> None:
     dirs = JobDirs(tmp_path)
     hits = run_with_kills(
-        dirs, kills=12, rng=random.Random(7), window=(0.1, 0.8), after_output=True, **TTL_ENV
+        dirs,
+        kills=12,
+        rng=random.Random(7),
+        clean_outputs=EVENTS,
+        window=(0.1, 0.8),
+        after_output=True,
+        **TTL_ENV,
     )
-    assert hits >= 10
+    assert hits == 12
     assert_same_as_clean(dirs, clean)
 
 
 def test_kill_inside_a_snapshot(tmp_path: Path, clean: JobDirs) -> None:
     dirs = JobDirs(tmp_path)
-    p = start(dirs, FRAUD_FAULT_KILL_AT_SNAPSHOT=9, **TTL_ENV)
-    p.communicate(timeout=120)
-    assert p.returncode == -9
+    p = start(dirs, TEST_FAULT_KILL_AT_SNAPSHOT=9, **TTL_ENV)
+    p.wait(timeout=120)
+    assert_interrupted([p], FileOutputs(dirs.out / "predictions.jsonl"), EVENTS)
     run(dirs, **TTL_ENV)
     assert_same_as_clean(dirs, clean)
 
@@ -77,6 +99,7 @@ def test_rescale_on_resume(tmp_path: Path, clean: JobDirs, plan: list[list[str]]
         dirs,
         kills=1,
         rng=random.Random(3),
+        clean_outputs=EVENTS,
         args_per_run=plan,
         window=(0.3, 1.0),
         after_output=True,
@@ -98,10 +121,14 @@ def test_two_processes_then_one(tmp_path: Path, clean: JobDirs) -> None:
     addresses = ";".join(f"127.0.0.1:{p}" for p in ports)
     dirs = JobDirs(tmp_path)
     procs = [start(dirs, ["-i", str(i), "-a", addresses], **TTL_ENV) for i in range(2)]
-    time.sleep(5)
-    for p in procs:
-        p.kill()
-        p.communicate(timeout=60)
+    outputs = FileOutputs(dirs.out / "predictions.jsonl")
+    # Kill the cluster mid-run: once it has scored a fifth of the events.
+    deadline = time.monotonic() + 120
+    while outputs.count() < EVENTS // 5:
+        assert all(p.poll() is None for p in procs), "a process ended before the kill"
+        assert time.monotonic() < deadline, "the cluster wrote too little within 120 s"
+        time.sleep(0.02)
+    kill_running(procs, outputs, EVENTS)
     run(dirs, **TTL_ENV)
     assert_same_as_clean(dirs, clean)
 
@@ -157,3 +184,25 @@ def test_recovery_db_is_sqlite(tmp_path: Path) -> None:
     dirs = _used(tmp_path)
     with sqlite3.connect(dirs.recovery / "part-0.sqlite3") as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+@pytest.mark.parametrize(
+    ("clean_outputs", "needle"),
+    [
+        pytest.param(2_000, "had written all 2000 outputs", id="all-outputs-written"),
+        pytest.param(10**6, "ended .* before its kill", id="job-already-ended"),
+    ],
+)
+def test_a_kill_that_hits_no_running_job_fails_the_test(
+    tmp_path: Path, clean_outputs: int, needle: str
+) -> None:
+    """The kill proof itself: a job that finished its work before the kill is no crash test."""
+    with pytest.raises(AssertionError, match=needle):
+        run_with_kills(
+            JobDirs(tmp_path),
+            kills=1,
+            rng=random.Random(1),
+            clean_outputs=clean_outputs,
+            window=(60.0, 60.0),
+            **{**BASE, "FRAUD_EVENTS": 2_000},
+        )

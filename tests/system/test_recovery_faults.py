@@ -1,6 +1,6 @@
 """Random kills with inputs that lie: late, far-ahead and misrouted events mixed into the run.
 
-The faulty run (`FRAUD_FAULT_INPUTS_EVERY`, see bytewax_fraud/connectors/fault_inputs.py) is
+The faulty run (`TEST_FAULT_INPUTS_EVERY`: tests/system/fault_job.py and fault_inputs.py) is
 compared with its clean twin, the same good events at the same offsets without
 the faulty ones: predictions and user records must be identical, and every
 faulty event must be a dead letter, once, with the same reason as in an
@@ -15,9 +15,9 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from fault_inputs import FaultPlan
 from recovery_harness import JobDirs, live_records, predictions, run, run_with_kills
 
-from bytewax_fraud.connectors.fault_inputs import FaultPlan
 from bytewax_fraud.connectors.generator_source import partition_quota
 
 EVERY = 97
@@ -32,8 +32,8 @@ def _env(events: int, users: int, twin: bool = False) -> dict[str, object]:
         "FRAUD_SEED": 9,
         "FRAUD_STATE_TTL": "12h",
         "FRAUD_SWEEP_INTERVAL": "0.2",
-        "FRAUD_FAULT_INPUTS_EVERY": EVERY,
-        "FRAUD_FAULT_INPUTS_TWIN": int(twin),
+        "TEST_FAULT_INPUTS_EVERY": EVERY,
+        "TEST_FAULT_INPUTS_TWIN": int(twin),
     }
 
 
@@ -69,6 +69,8 @@ class Pair:
         self.faulty = JobDirs(root / "faulty")
         err = run(self.faulty, **_env(events, users))
         assert "expired" in err
+        #: Distinct predictions of a whole run (faulty events have none).
+        self.clean_outputs = len(predictions(self.twin.out))
 
     def check(self, dirs: JobDirs) -> None:
         """`dirs` holds exactly what the uninterrupted faulty run holds, and the twin's state."""
@@ -107,11 +109,12 @@ def test_random_kills_with_lying_inputs_equal_the_clean_twin(tmp_path: Path, sma
         dirs,
         kills=3,
         rng=random.Random(13),
+        clean_outputs=small.clean_outputs,
         window=(0.2, 1.0),
         after_output=True,
         **_env(small.events, small.users),
     )
-    assert hits >= 2
+    assert hits == 3
     small.check(dirs)
 
 
@@ -125,9 +128,10 @@ def test_soak_ten_random_kills_with_lying_inputs(
         dirs,
         kills=10,
         rng=random.Random(17),
+        clean_outputs=pair.clean_outputs,
         window=(0.1, 0.8),
         after_output=True,
         **_env(pair.events, pair.users),
     )
-    assert hits >= 8
+    assert hits == 10
     pair.check(dirs)

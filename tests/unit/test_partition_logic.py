@@ -18,8 +18,8 @@ import pytest
 
 from bytewax_fraud import partition_logic
 from bytewax_fraud.connectors.generator import TransactionGenerator
-from bytewax_fraud.features import N_FEATURES
-from bytewax_fraud.inference.runtime import LoadedModel, load_model
+from bytewax_fraud.inference.loader import ModelLoader
+from bytewax_fraud.inference.runtime import LoadedModel
 from bytewax_fraud.parse import parse_batch
 from bytewax_fraud.partition_logic import PartitionBatch, PartitionConfig, PartitionLogic
 from bytewax_fraud.records import EventBatch, RawBatch, ScoredBatch
@@ -31,7 +31,7 @@ MODELS = Path(__file__).resolve().parents[2] / "models"
 
 @pytest.fixture(scope="module")
 def gru() -> LoadedModel:
-    return load_model(MODELS / "fraud_gru.onnx", expected_features=N_FEATURES)
+    return ModelLoader().load(MODELS / "fraud_gru.onnx")
 
 
 def _batches(n: int, size: int = 100) -> list[EventBatch]:
@@ -99,3 +99,30 @@ def test_disk_bytes_skip_a_file_deleted_between_listing_and_stat(
     (tmp_path / "000007.sst").unlink()  # a compaction removed it after the listing
     monkeypatch.setattr(partition_logic.os, "scandir", lambda _: contextlib.nullcontext(listed))
     assert partition_logic.dir_bytes(tmp_path) == 30
+
+
+def test_each_logic_counts_into_the_stats_it_is_handed(gru: LoadedModel) -> None:
+    """Metrics are handed in, not a process global: two runs in one process count apart."""
+    from bytewax_fraud.status import STATS, RunStats
+
+    def config(stats: RunStats) -> PartitionConfig:
+        return PartitionConfig(
+            state_dir=None,
+            model=gru,
+            window=10,
+            ttl_seconds=30 * 86400.0,
+            batch_max=1024,
+            sweep_interval=3600.0,
+            sweep_chunk=100,
+            restore_model=lambda ref: gru,
+            stats=stats,
+        )
+
+    before = STATS.summary()["scored"]
+    mine, yours = RunStats(), RunStats()
+    batches = _batches(300)
+    _lines(PartitionLogic(config(mine), None), batches[:1])
+    _lines(PartitionLogic(config(yours), None), batches)
+    assert (mine.scored, yours.scored) == (100, 300)
+    assert mine.model == yours.model == gru.label
+    assert STATS.summary()["scored"] == before

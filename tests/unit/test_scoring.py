@@ -12,8 +12,9 @@ import pytest
 
 from bytewax_fraud.admission.event_time import TimePolicy
 from bytewax_fraud.connectors.generator import TransactionGenerator
-from bytewax_fraud.features import N_FEATURES, compute_features, merchant_code
-from bytewax_fraud.inference.runtime import LoadedModel, load_model
+from bytewax_fraud.features import compute_features, merchant_code
+from bytewax_fraud.inference.loader import ModelLoader
+from bytewax_fraud.inference.runtime import LoadedModel
 from bytewax_fraud.parse import parse_message
 from bytewax_fraud.records import Event, RawMessage, Transaction
 from bytewax_fraud.scoring import PartitionScorer
@@ -28,12 +29,12 @@ DAY = 86400.0
 
 @pytest.fixture(scope="module")
 def gru() -> LoadedModel:
-    return load_model(MODELS / "fraud_gru.onnx", expected_features=N_FEATURES)
+    return ModelLoader().load(MODELS / "fraud_gru.onnx")
 
 
 @pytest.fixture(scope="module")
 def stateless() -> LoadedModel:
-    return load_model(MODELS / "fraud_stateless.onnx", expected_features=N_FEATURES)
+    return ModelLoader().load(MODELS / "fraud_stateless.onnx")
 
 
 def event(user: str, amount: float, ts: float, merchant: str, offset: int) -> Event:

@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 
 from bytewax_fraud.errors import DeviceError
-from bytewax_fraud.inference.runtime import load_model
+from bytewax_fraud.inference.loader import ModelLoader
 
 GRU = Path(__file__).resolve().parents[3] / "models" / "fraud_gru.onnx"
 
@@ -31,21 +31,21 @@ GPU = _gpu_usable()
 @pytest.mark.skipif(GPU, reason="a usable GPU is present")
 def test_cuda_without_a_gpu_is_a_clear_error() -> None:
     with pytest.raises(DeviceError, match="FRAUD_DEVICE=cuda.*FRAUD_DEVICE=cpu"):
-        load_model(GRU, device="cuda", model_id="gru-cuda-test")
+        ModelLoader("cuda").load(GRU, model_id="gru-cuda-test")
 
 
 @pytest.mark.skipif(GPU, reason="a usable GPU is present")
 def test_auto_falls_back_to_the_cpu_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING):
-        model = load_model(GRU, device="auto", model_id="gru-auto-test")
+        model = ModelLoader("auto").load(GRU, model_id="gru-auto-test")
     assert model.device == "cpu"
     assert "falling back to the CPU" in caplog.text
 
 
 @pytest.mark.skipif(not GPU, reason="no usable CUDA GPU on this machine")
 def test_cuda_scores_like_the_cpu() -> None:
-    cpu = load_model(GRU, device="cpu", model_id="gru-cpu")
-    gpu = load_model(GRU, device="cuda", model_id="gru-gpu")
+    cpu = ModelLoader("cpu").load(GRU, model_id="gru-cpu")
+    gpu = ModelLoader("cuda").load(GRU, model_id="gru-gpu")
     assert gpu.device.startswith("cuda")
     rng = np.random.default_rng(0)
     feats = rng.normal(size=(256, cpu.signature.n_features)).astype(np.float32)

@@ -22,7 +22,8 @@ def test_loads_checks_the_hash_and_reuses_the_session(tmp_path: Path) -> None:
     model = loader.load(GRU, sha256=sha.upper())
     assert model.model_id == "fraud_gru" and model.sha256 == sha
     assert model.signature.n_features == 8 and model.hidden_size > 0
-    assert loader.load(GRU) is model  # same bytes, id, device, threads: one session
+    again = loader.load(GRU, model_id="another-id")
+    assert again.shared is model.shared  # same bytes, device, threads: one session
     with pytest.raises(ModelChangedError) as err:
         loader.load(GRU, sha256="0" * 64)
     assert err.value.actual_sha256 == sha

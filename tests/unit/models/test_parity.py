@@ -7,8 +7,7 @@ import json
 import numpy as np
 
 from bytewax_fraud.connectors.generator import TransactionGenerator
-from bytewax_fraud.features import N_FEATURES
-from bytewax_fraud.inference.runtime import load_model
+from bytewax_fraud.inference.loader import ModelLoader
 from bytewax_fraud.parse import parse_message
 from bytewax_fraud.records import Event, RawMessage
 from bytewax_fraud.scoring import PartitionScorer
@@ -27,7 +26,7 @@ def test_streaming_equals_sequence_model_for_200_users(tmp_path) -> None:  # typ
 
     # Serving: batches of users, one wave per event rank, hidden state through the codec
     # and RocksDB between batches; no TTL expiry so both sides see whole histories.
-    model = load_model(MODELS_DIR / GRU_FILE, expected_features=N_FEATURES)
+    model = ModelLoader().load(MODELS_DIR / GRU_FILE)
     store = RocksStore(tmp_path / "db")
     scorer = PartitionScorer(0, store, model, window=10, ttl_seconds=1e12, batch_max=256)
     events = []

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bytewax_fraud.errors import StateError
+from bytewax_fraud.errors import OutboxEntryError, StateError
 from bytewax_fraud.state.base import StateStore, outbox_key
 from bytewax_fraud.state.memory import MemoryStore
 from bytewax_fraud.state.outbox import (
@@ -56,10 +56,17 @@ def test_lines_are_found_across_batches_and_interleaved_entries(store: StateStor
     assert read_lines(store, []) == {}
 
 
-def test_entries_of_the_per_event_layout_stay_readable(store: StateStore) -> None:
-    store.write([outbox_key(7), outbox_key(8)], [b'{"old":7}', b'{"old":8}'])
+def test_a_value_without_the_magic_prefix_is_refused_never_read_as_a_line(
+    store: StateStore,
+) -> None:
+    put(store, [5, 6])
+    store.write([outbox_key(7), outbox_key(8)], [b'{"old":7}', b"\xff\x00garbage"])
     put(store, [9, 10])
-    assert read_lines(store, [8, 10]) == {8: b'{"old":8}', 10: lines_for([10])[0]}
+    assert read_lines(store, [5, 6]) == dict(zip([5, 6], lines_for([5, 6]), strict=True))
+    with pytest.raises(OutboxEntryError, match="offset 7 .*delete it"):
+        read_lines(store, [7])
+    with pytest.raises(OutboxEntryError, match="offset 8"):
+        read_lines(store, [8, 10])
 
 
 def test_pruning_below_an_offset_keeps_every_entry_that_holds_a_later_one(

@@ -1,14 +1,14 @@
 """Testing only: the generator's stream with misbehaving events at fixed offsets, and its twin.
 
 Recovery tests run the job as a real process and kill it; this source lets them
-mix inputs that lie into that run (`FRAUD_FAULT_INPUTS_EVERY=N`): from offset
+mix inputs that lie into that run (`TEST_FAULT_INPUTS_EVERY=N`, see fault_job.py): from offset
 `FAULT_START` on, every N-th offset of a partition carries, in turn,
 
 - an event of the partition's latest user stamped 50 years ahead (`TimestampTooFarAhead`),
 - an event of that user 10 days older than its latest one (`TimestampTooLate`),
 - an event of a user of another partition (`WrongPartition`).
 
-The good events keep their offsets and contents. With `FRAUD_FAULT_INPUTS_TWIN=1`
+The good events keep their offsets and contents. With `TEST_FAULT_INPUTS_TWIN=1`
 the faulty offsets are left empty (offsets may have gaps, as in Kafka), which is
 the clean twin: the same good events at the same offsets, so its predictions and
 records must equal the faulty run's, byte for byte. Every record carries a source
@@ -25,10 +25,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from bytewax.inputs import StatefulSourcePartition
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from bytewax_fraud.connectors.generator import TransactionGenerator, user_id
-from bytewax_fraud.partitioning import partition_for
+from bytewax_fraud.connectors.generator_source import partition_quota
+from bytewax_fraud.partitioning import partition_for, partition_of_routing_key, routing_key
 from bytewax_fraud.records import RawBatch
 
 #: No fault before this offset: the partition clock (rank 100) is defined by then.
@@ -55,6 +56,31 @@ class FaultPlan:
     def kind(self, offset: int) -> str:
         """Which fault the offset carries: early, late or misrouted, in turn."""
         return ("early", "late", "misrouted")[(offset // self.every) % 3]
+
+
+@dataclass(frozen=True)
+class FaultyGeneratorSource(FixedPartitionedSource[RawBatch, int]):
+    """The generator's partitions (as `GeneratorSource` makes them) with the plan's faults."""
+
+    users: int
+    seed: int
+    partitions: int
+    events: int | None
+    batch_max: int
+    plan: FaultPlan
+
+    def list_parts(self) -> list[str]:
+        return [routing_key(p) for p in range(self.partitions)]
+
+    def build_part(
+        self, step_id: str, for_part: str, resume_state: int | None
+    ) -> StatefulSourcePartition[RawBatch, int]:
+        p = partition_of_routing_key(for_part)
+        gen = TransactionGenerator(
+            users=self.users, seed=self.seed, partition_count=self.partitions, partition_index=p
+        )
+        quota = partition_quota(self.events, self.partitions, p)
+        return FaultyGeneratorPartition(gen, p, resume_state or 0, quota, self.batch_max, self.plan)
 
 
 class FaultyGeneratorPartition(StatefulSourcePartition[RawBatch, int]):
