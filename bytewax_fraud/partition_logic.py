@@ -31,6 +31,7 @@ from bytewax_fraud.control.deployment import (
 from bytewax_fraud.control.deployment import apply as apply_command
 from bytewax_fraud.errors import RecoveryError
 from bytewax_fraud.inference.runtime import LoadedModel
+from bytewax_fraud.inference.sequence import batch_shape
 from bytewax_fraud.records import DeadLetter, EventBatch, ScoredBatch
 from bytewax_fraud.scoring import PartitionScorer
 from bytewax_fraud.state.base import HIGH_WATER_KEY, REPLAY_FLOOR_KEY, USER_PREFIX, StateStore
@@ -96,9 +97,12 @@ def open_store(config: PartitionConfig, partition: int, resuming: bool) -> State
 
 
 def _show_deployment(dep: Deployment) -> None:
+    models = [m for m in (dep.primary, dep.candidate) if m is not None]
+    shapes = {m.label: batch_shape(m).reason for m in models}
     with STATS.lock:
         STATS.model = dep.label()
         STATS.rollout = dep.rollout if dep.candidate is not None else 0.0
+        STATS.batch_shapes = shapes
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +198,7 @@ class PartitionLogic(StatefulBatchLogic[PartitionBatch, Outbound, dict[str, Any]
         with STATS.lock:
             STATS.cache_hits += cache.hits - hits
             STATS.cache_misses += cache.misses - misses
+            STATS.sequence_calls += scored.sequence_calls
         STATS.record_event_time(scorer.partition, scorer.clock.now, scored.late_accepted)
         if not scored.lines:
             return list(scored.dead_letters)

@@ -70,6 +70,7 @@ class StatsCollector(Collector):
                 "late_accepted": s.late_accepted,
             }
             model, rollout = s.model, s.rollout
+            shapes, sequence_calls = dict(s.batch_shapes), s.sequence_calls
             hists = [
                 _histogram(
                     "fraud_batch_size",
@@ -167,6 +168,20 @@ class StatsCollector(Collector):
         )
         share.add_metric([], rollout)
         yield share
+        runs = GaugeMetricFamily(
+            "fraud_model_sequence_form",
+            "1 when a user's run of events in a batch goes through the model in one call (its"
+            " sequence form, or a stateless model); 0 when it is served in waves",
+            labels=["model"],
+        )
+        for label, why in sorted(shapes.items()):
+            runs.add_metric([label], 0.0 if why else 1.0)
+        yield runs
+        calls = CounterMetricFamily(
+            "fraud_sequence_calls", "Model calls that took users' runs of more than one event"
+        )
+        calls.add_metric([], sequence_calls)
+        yield calls
         yield from _freshness(now, inputs, watermarks, last_snapshot, disk)
         probability = HistogramMetricFamily(
             "fraud_predicted_probability",
