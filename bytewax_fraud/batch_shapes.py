@@ -227,6 +227,7 @@ def _runs(
     expired_total = late_ok = calls = 0
     infer: list[float] = []
     irregular: list[np.ndarray] = []
+    stateless: list[tuple[np.ndarray, np.ndarray]] = []  # (events, features) of every run
     for k in np.unique(lengths).tolist():
         first = starts[lengths == k]
         ev = order[first[:, None] + np.arange(k)]  # [B, k] events, each row one user's run
@@ -277,28 +278,32 @@ def _runs(
             ts.ravel(),
             g.merchant[ev].ravel(),
         )
-        t0 = time.perf_counter()
-        if model.hidden_size == 0:
-            p, _ = model.predict(feats, None)
-            p = p.reshape(users, k)
-        elif k == 1:
-            p, h = model.predict(feats, st.hidden[r])
-            p = p.reshape(users, 1)
+        if model.hidden_size == 0:  # rows are independent: one call for all runs, below
+            stateless.append((ev.ravel(), feats))
         else:
-            assert shape.sequence is not None
-            seq = np.ascontiguousarray(feats.reshape(users, k, -1).transpose(1, 0, 2))
-            p_seq, h = shape.sequence.predict(seq, st.hidden[r])
-            p = p_seq.T
-        infer.append(time.perf_counter() - t0)
-        calls += k > 1
-        prob[ev] = p
-        if model.hidden_size:
+            t0 = time.perf_counter()
+            if k == 1:
+                p, h = model.predict(feats, st.hidden[r])
+            else:
+                assert shape.sequence is not None
+                steps = np.ascontiguousarray(feats.reshape(users, k, -1).transpose(1, 0, 2))
+                p_steps, h = shape.sequence.predict(steps, st.hidden[r])
+                p = p_steps.T
+                calls += 1
+            infer.append(time.perf_counter() - t0)
+            prob[ev] = p.reshape(users, k)
             st.hidden[r] = h
         st.amounts[r] = amounts[:, k:]
         st.merchants[r] = merchants[:, k:]
         st.count[r] = np.minimum(st.count[r] + k, window)
         st.last_ts[r] = np.maximum(prev[:, -1], ts[:, -1])
         st.last_offset[r] = b.offsets[ev[:, -1]]
+    if stateless:
+        t0 = time.perf_counter()
+        p, _ = model.predict(np.concatenate([f for _, f in stateless]), None)
+        infer.append(time.perf_counter() - t0)
+        calls += int(lengths.max()) > 1
+        prob[np.concatenate([e for e, _ in stateless])] = p
     left = np.sort(np.concatenate(irregular)) if irregular else np.empty(0, np.intp)
     applied = Applied(fate, prob, {}, expired_total, late_ok, infer, calls)
     return _RunsApplied(applied, left)

@@ -132,7 +132,13 @@ def load_sequence_form(model: LoadedModel) -> SequenceForm | None:
     if decl is None:
         return None
     seq_path = step_path.parent / decl.file
-    data = seq_path.read_bytes()
+    try:
+        data = seq_path.read_bytes()
+    except OSError as exc:
+        raise ModelContractError(
+            f"its sequence form {seq_path} cannot be read ({exc.strerror or exc});"
+            f" ship it beside {step_path.name}"
+        ) from exc
     sha = hashlib.sha256(data).hexdigest()
     if sha != decl.sha256:
         raise ModelContractError(

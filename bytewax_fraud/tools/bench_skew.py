@@ -46,7 +46,7 @@ class SkewConfig:
     partitions: int = 4
     shares: tuple[float, ...] = (0.0, 0.1, 0.3, 0.6)
     modes: tuple[str, ...] = ("sequence", "waves")
-    embedded_events: int = 60_000
+    embedded_events: int = 30_000
     model: Path = DEFAULT_MODEL
     seed: int = 0
 
