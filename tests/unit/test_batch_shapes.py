@@ -80,9 +80,9 @@ def skewed_events(n: int = 3000) -> list[Event]:
     return out
 
 
-def scored_run(model: LoadedModel, events: list[Event], batch_max: int) -> tuple[
-    list[dict[str, object]], list[tuple[int, str]], dict[bytes, bytes], ScoredBatch
-]:
+def scored_run(
+    model: LoadedModel, events: list[Event], batch_max: int
+) -> tuple[list[dict[str, object]], list[tuple[int, str]], dict[bytes, bytes], ScoredBatch]:
     store = MemoryStore()
     scorer = PartitionScorer(0, store, model, 10, TTL, batch_max=batch_max, policy=POLICY)
     scored = scorer.score(events)
