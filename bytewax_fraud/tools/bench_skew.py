@@ -47,6 +47,8 @@ class SkewConfig:
     shares: tuple[float, ...] = (0.0, 0.1, 0.3, 0.6)
     modes: tuple[str, ...] = ("sequence", "waves")
     embedded_events: int = 30_000
+    #: User counts of the embedded runs (1 partition); the largest is the reference.
+    embedded_users: tuple[int, ...] = (1, 10_000)
     model: Path = DEFAULT_MODEL
     seed: int = 0
 
@@ -101,7 +103,7 @@ def measure(cfg: SkewConfig, workdir: Path, log: Any = print) -> dict[str, Any]:
                     log(f"  {name}: {r.events_per_s:,.0f} ev/s")
                     rows.append({"mode": mode, "share": share, "events_per_s": r.events_per_s})
     for mode in cfg.modes:
-        for users in (1, cfg.users):
+        for users in cfg.embedded_users if cfg.embedded_events else ():
             bcfg = BenchConfig(users=users, partitions=1, model=models[mode], seed=cfg.seed)
             name = f"embedded-{mode}-users{users}"
             r = run_dataflow(bcfg, name, workdir, events=cfg.embedded_events)
@@ -113,7 +115,8 @@ def measure(cfg: SkewConfig, workdir: Path, log: Any = print) -> dict[str, Any]:
         even = [x for x in rows if x["mode"] == row["mode"] and x["share"] == 0.0]
         row["x_even"] = round(row["events_per_s"] / even[0]["events_per_s"], 3) if even else None
     for row in embedded:
-        many = [x for x in embedded if x["mode"] == row["mode"] and x["users"] == cfg.users]
+        most = max(cfg.embedded_users)
+        many = [x for x in embedded if x["mode"] == row["mode"] and x["users"] == most]
         row["x_many_users"] = round(row["events_per_s"] / many[0]["events_per_s"], 3)
     return {
         "hardware": hardware(),
@@ -177,7 +180,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--partitions", type=int, default=d.partitions)
     ap.add_argument("--shares", default="0,0.1,0.3,0.6", help="hot shares (0 is the baseline)")
     ap.add_argument("--modes", default="sequence,waves", help="sequence, waves or both")
-    ap.add_argument("--embedded-events", type=int, default=d.embedded_events)
+    ap.add_argument(
+        "--embedded-events", type=int, default=d.embedded_events, help="0: no embedded runs"
+    )
+    ap.add_argument("--embedded-users", default="1,10000", help="user counts of embedded runs")
     ap.add_argument("--model", type=Path, default=d.model)
     ap.add_argument("--seed", type=int, default=d.seed)
     ap.add_argument("--json", type=Path, help="write the report as JSON here")
@@ -195,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         shares=shares,
         modes=modes,
         embedded_events=a.embedded_events,
+        embedded_users=tuple(int(x) for x in a.embedded_users.split(",")),
         model=a.model.resolve(),
         seed=a.seed,
     )

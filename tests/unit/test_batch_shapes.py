@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from bytewax_fraud.admission.event_time import TimePolicy
 from bytewax_fraud.features import N_FEATURES
@@ -24,6 +26,7 @@ from bytewax_fraud.records import Event, ScoredBatch, Transaction
 from bytewax_fraud.scoring import PartitionScorer
 from bytewax_fraud.state.memory import MemoryStore
 from bytewax_fraud.status import RunStats
+from bytewax_fraud.telemetry import StatsCollector
 from models import graphs
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
@@ -154,9 +157,20 @@ def test_a_model_without_a_sequence_form_is_served_in_waves_and_says_so(
             wave_model.label: batch_shape(wave_model).reason,
         },
     )
+    stats.sequence_calls = 3
     line = stats.status_line()
     assert f"waves for {wave_model.label}: " in line
     assert f"waves for {sequence_model.label}" not in line
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StatsCollector(stats))
+    m = {
+        (x.name, tuple(sorted(x.labels.items()))): x.value
+        for family in text_string_to_metric_families(generate_latest(registry).decode())
+        for x in family.samples
+    }
+    assert m[("fraud_model_sequence_form", (("model", sequence_model.label),))] == 1
+    assert m[("fraud_model_sequence_form", (("model", wave_model.label),))] == 0
+    assert m[("fraud_sequence_calls_total", ())] == 3
 
 
 def _declaring(tmp_path: Path, seq_name: str, seq_bytes: bytes, written: bytes) -> LoadedModel:
