@@ -205,6 +205,79 @@ class _RunsApplied:
     left: np.ndarray  # fresh events of irregular runs, in batch order: for waves
 
 
+@dataclass(frozen=True, slots=True)
+class _Runs:
+    """Users' runs of one length k, as [B, k] matrices (row: one user's run, in order)."""
+
+    ev: np.ndarray  # [B, k] positions in the batch
+    rows: np.ndarray  # [B] user rows
+    ts: np.ndarray  # [B, k] event times
+    prev: np.ndarray  # [B, k] the user's last event time before each step
+    expired: np.ndarray  # [B] the user's history expired before the first step
+    behind: np.ndarray  # [B, k] steps behind their user's last event (scored late)
+    bad: np.ndarray  # [B] irregular runs: for waves
+
+    def regular(self) -> _Runs:
+        """Only the regular runs."""
+        keep = ~self.bad
+        return _Runs(
+            self.ev[keep],
+            self.rows[keep],
+            self.ts[keep],
+            self.prev[keep],
+            self.expired[keep],
+            self.behind[keep],
+            self.bad[keep],
+        )
+
+
+def _screen(b: EventBatch, st: UserStates, rules: Rules, ev: np.ndarray, r: np.ndarray) -> _Runs:
+    """Each step's previous event time, the TTL and lateness verdicts, the irregular runs."""
+    k = ev.shape[1]
+    ts = b.timestamps[ev]
+    has = st.count[r] > 0
+    expired = has & (ts[:, 0] - st.last_ts[r] > rules.ttl)
+    base_ts = np.where(expired, 0.0, st.last_ts[r])  # an expired user starts afresh
+    # prev[:, j]: the user's last event time before step j (a late one never lowers it).
+    prev = np.empty_like(ts)
+    prev[:, 0] = base_ts
+    if k > 1:
+        prev[:, 1:] = np.maximum(base_ts[:, None], np.maximum.accumulate(ts, axis=1)[:, :-1])
+    hist = np.ones_like(ts, dtype=bool)
+    hist[:, 0] = has & ~expired
+    behind = hist & (ts < prev)
+    bad = (behind & (ts < prev - rules.lateness)).any(axis=1)
+    if k > 1:
+        bad |= (ts[:, 1:] - prev[:, 1:] > rules.ttl).any(axis=1)
+    return _Runs(ev, r, ts, prev, expired, behind, bad)
+
+
+def _features(
+    b: EventBatch, g: Groups, st: UserStates, runs: _Runs
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Features [B*k, F] of every step, and each user's window extended by its run.
+
+    Step j's window is the last N of (the user's window, the run's first j events): a
+    sliding window over the extended arrays.
+    """
+    ev, r = runs.ev, runs.rows
+    users, k = ev.shape
+    window = st.amounts.shape[1]
+    amounts = np.concatenate([st.amounts[r], b.amounts[ev].astype(np.float32)], axis=1)
+    merchants = np.concatenate([st.merchants[r], g.merchant[ev]], axis=1)
+    count = np.minimum(st.count[r][:, None] + np.arange(k), window)
+    feats = compute_features(
+        sliding_window_view(amounts, window, axis=1)[:, :k].reshape(users * k, window),
+        sliding_window_view(merchants, window, axis=1)[:, :k].reshape(users * k, window),
+        count.ravel(),
+        runs.prev.ravel(),
+        b.amounts[ev].ravel(),
+        runs.ts.ravel(),
+        g.merchant[ev].ravel(),
+    )
+    return feats, amounts, merchants
+
+
 def _runs(
     b: EventBatch,
     g: Groups,
@@ -230,54 +303,18 @@ def _runs(
     stateless: list[tuple[np.ndarray, np.ndarray]] = []  # (events, features) of every run
     for k in np.unique(lengths).tolist():
         first = starts[lengths == k]
-        ev = order[first[:, None] + np.arange(k)]  # [B, k] events, each row one user's run
-        r = rows[first]
-        ts = b.timestamps[ev]
-        has = st.count[r] > 0
-        expired = has & (ts[:, 0] - st.last_ts[r] > rules.ttl)
-        base_ts = np.where(expired, 0.0, st.last_ts[r])  # an expired user starts afresh
-        # prev[:, j]: the user's last event time before step j (a late one never lowers it).
-        prev = np.empty_like(ts)
-        prev[:, 0] = base_ts
-        if k > 1:
-            prev[:, 1:] = np.maximum(base_ts[:, None], np.maximum.accumulate(ts, axis=1)[:, :-1])
-        hist = np.ones_like(ts, dtype=bool)
-        hist[:, 0] = has & ~expired
-        behind = hist & (ts < prev)
-        bad = (behind & (ts < prev - rules.lateness)).any(axis=1)
-        if k > 1:
-            bad |= (ts[:, 1:] - prev[:, 1:] > rules.ttl).any(axis=1)
-        if bad.any():
-            irregular.append(ev[bad].ravel())
-            keep = ~bad
-            ev, r, ts, prev, expired, behind = (
-                ev[keep],
-                r[keep],
-                ts[keep],
-                prev[keep],
-                expired[keep],
-                behind[keep],
-            )
-            if len(r) == 0:
+        runs = _screen(b, st, rules, order[first[:, None] + np.arange(k)], rows[first])
+        if runs.bad.any():
+            irregular.append(runs.ev[runs.bad].ravel())
+            runs = runs.regular()
+            if len(runs.rows) == 0:
                 continue
-        if expired.any():
-            st.reset(r[expired])
-            expired_total += int(expired.sum())
-        late_ok += int(behind.sum())
-        users = len(r)
-        # Each step's window: the last N of the user's window followed by the run so far.
-        amounts = np.concatenate([st.amounts[r], b.amounts[ev].astype(np.float32)], axis=1)
-        merchants = np.concatenate([st.merchants[r], g.merchant[ev]], axis=1)
-        count = np.minimum(st.count[r][:, None] + np.arange(k), window)
-        feats = compute_features(
-            sliding_window_view(amounts, window, axis=1)[:, :k].reshape(users * k, window),
-            sliding_window_view(merchants, window, axis=1)[:, :k].reshape(users * k, window),
-            count.ravel(),
-            prev.ravel(),
-            b.amounts[ev].ravel(),
-            ts.ravel(),
-            g.merchant[ev].ravel(),
-        )
+        ev, r = runs.ev, runs.rows
+        if runs.expired.any():
+            st.reset(r[runs.expired])
+            expired_total += int(runs.expired.sum())
+        late_ok += int(runs.behind.sum())
+        feats, amounts, merchants = _features(b, g, st, runs)
         if model.hidden_size == 0:  # rows are independent: one call for all runs, below
             stateless.append((ev.ravel(), feats))
         else:
@@ -286,17 +323,17 @@ def _runs(
                 p, h = model.predict(feats, st.hidden[r])
             else:
                 assert shape.sequence is not None
-                steps = np.ascontiguousarray(feats.reshape(users, k, -1).transpose(1, 0, 2))
+                steps = np.ascontiguousarray(feats.reshape(len(r), k, -1).transpose(1, 0, 2))
                 p_steps, h = shape.sequence.predict(steps, st.hidden[r])
                 p = p_steps.T
                 calls += 1
             infer.append(time.perf_counter() - t0)
-            prob[ev] = p.reshape(users, k)
+            prob[ev] = p.reshape(len(r), k)
             st.hidden[r] = h
         st.amounts[r] = amounts[:, k:]
         st.merchants[r] = merchants[:, k:]
         st.count[r] = np.minimum(st.count[r] + k, window)
-        st.last_ts[r] = np.maximum(prev[:, -1], ts[:, -1])
+        st.last_ts[r] = np.maximum(runs.prev[:, -1], runs.ts[:, -1])
         st.last_offset[r] = b.offsets[ev[:, -1]]
     if stateless:
         t0 = time.perf_counter()
