@@ -100,6 +100,22 @@ class Applied:
         return np.flatnonzero(self.fate == APPLIED)
 
 
+def runs_pay(g: Groups) -> bool:
+    """Whether runs save model calls enough to pay for screening them.
+
+    Waves make one call per event of the busiest user; runs one per distinct run
+    length, plus the screening of each length's runs. A batch spread evenly over its
+    users has about as many waves as run lengths (a few of each), so it goes in waves;
+    a hot user's run (tens or hundreds of events) goes in runs. Both give the same
+    results bit for bit, so this is only a matter of cost.
+    """
+    waves = int(g.wave_of.max(initial=0)) + 1
+    if waves <= 2:
+        return False
+    lengths = np.unique(np.bincount(g.row_of)).shape[0]
+    return waves > 2 * lengths + 2
+
+
 def apply_events(
     b: EventBatch, g: Groups, st: UserStates, model: LoadedModel, shape: BatchShape, rules: Rules
 ) -> Applied:
@@ -109,8 +125,7 @@ def apply_events(
     prob = np.zeros(n, np.float32)
     fresh = b.offsets > st.last_offset[g.row_of]  # replays were applied the first time
     fate[~fresh] = FENCED
-    if not shape.runs or int(g.wave_of.max(initial=0)) == 0:
-        # One event per user (or no way to take runs): waves are the same thing.
+    if not shape.runs or not runs_pay(g):
         return _waves(b, g, st, model, rules, np.flatnonzero(fresh), fate, prob)
     runs = _runs(b, g, st, model, shape, rules, fresh, fate, prob)
     if not len(runs.left):
@@ -255,27 +270,39 @@ def _screen(b: EventBatch, st: UserStates, rules: Rules, ev: np.ndarray, r: np.n
 def _features(
     b: EventBatch, g: Groups, st: UserStates, runs: _Runs
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Features [B*k, F] of every step, and each user's window extended by its run.
+    """Features [B*k, F] of every step, and each user's window after its run.
 
     Step j's window is the last N of (the user's window, the run's first j events): a
-    sliding window over the extended arrays.
+    sliding window over the two joined.
     """
     ev, r = runs.ev, runs.rows
     users, k = ev.shape
     window = st.amounts.shape[1]
-    amounts = np.concatenate([st.amounts[r], b.amounts[ev].astype(np.float32)], axis=1)
-    merchants = np.concatenate([st.merchants[r], g.merchant[ev]], axis=1)
+    amount, merchant = b.amounts[ev], g.merchant[ev]
+    if k == 1:  # the window as it is (as waves do: no joined copy to slide over)
+        amounts, merchants, count = st.amounts[r], st.merchants[r], st.count[r]
+        feats = compute_features(
+            amounts, merchants, count, runs.prev[:, 0], amount[:, 0], runs.ts[:, 0], merchant[:, 0]
+        )
+        after_a, after_m, _ = push(amounts, merchants, count, amount[:, 0], merchant[:, 0])
+        return feats, after_a, after_m
+    amounts = np.concatenate([st.amounts[r], amount.astype(np.float32)], axis=1)
+    merchants = np.concatenate([st.merchants[r], merchant], axis=1)
     count = np.minimum(st.count[r][:, None] + np.arange(k), window)
     feats = compute_features(
-        sliding_window_view(amounts, window, axis=1)[:, :k].reshape(users * k, window),
-        sliding_window_view(merchants, window, axis=1)[:, :k].reshape(users * k, window),
+        np.ascontiguousarray(sliding_window_view(amounts, window, axis=1)[:, :k]).reshape(
+            users * k, window
+        ),
+        np.ascontiguousarray(sliding_window_view(merchants, window, axis=1)[:, :k]).reshape(
+            users * k, window
+        ),
         count.ravel(),
         runs.prev.ravel(),
-        b.amounts[ev].ravel(),
+        amount.ravel(),
         runs.ts.ravel(),
-        g.merchant[ev].ravel(),
+        merchant.ravel(),
     )
-    return feats, amounts, merchants
+    return feats, amounts[:, k:], merchants[:, k:]
 
 
 def _runs(
@@ -314,7 +341,7 @@ def _runs(
             st.reset(r[runs.expired])
             expired_total += int(runs.expired.sum())
         late_ok += int(runs.behind.sum())
-        feats, amounts, merchants = _features(b, g, st, runs)
+        feats, after_amounts, after_merchants = _features(b, g, st, runs)
         if model.hidden_size == 0:  # rows are independent: one call for all runs, below
             stateless.append((ev.ravel(), feats))
         else:
@@ -330,8 +357,8 @@ def _runs(
             infer.append(time.perf_counter() - t0)
             prob[ev] = p.reshape(len(r), k)
             st.hidden[r] = h
-        st.amounts[r] = amounts[:, k:]
-        st.merchants[r] = merchants[:, k:]
+        st.amounts[r] = after_amounts
+        st.merchants[r] = after_merchants
         st.count[r] = np.minimum(st.count[r] + k, window)
         st.last_ts[r] = np.maximum(runs.prev[:, -1], runs.ts[:, -1])
         st.last_offset[r] = b.offsets[ev[:, -1]]

@@ -79,7 +79,7 @@ class StatsCollector(Collector):
                 ),
                 _histogram(
                     "fraud_inference_seconds",
-                    "Duration of one model call (one run length, or one wave, of a batch), in seconds",
+                    "Duration of one model call (one run length or one wave of a batch), in s",
                     s.inference_seconds,
                 ),
                 _histogram(

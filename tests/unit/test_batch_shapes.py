@@ -19,10 +19,11 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bytewax_fraud.admission.event_time import TimePolicy
+from bytewax_fraud.batch_shapes import Groups, group, runs_pay
 from bytewax_fraud.features import N_FEATURES
 from bytewax_fraud.inference.runtime import LoadedModel, load_model, load_model_bytes
 from bytewax_fraud.inference.sequence import batch_shape, without_sequence_form
-from bytewax_fraud.records import Event, ScoredBatch, Transaction
+from bytewax_fraud.records import Event, EventBatch, ScoredBatch, Transaction
 from bytewax_fraud.scoring import PartitionScorer
 from bytewax_fraud.state.memory import MemoryStore
 from bytewax_fraud.status import RunStats
@@ -217,3 +218,15 @@ def test_a_sequence_form_that_cannot_be_followed_falls_back_with_the_reason(
         events = [event("hot", 10.0, T0 + i, "m", i) for i in range(20)]
         scored = PartitionScorer(0, MemoryStore(), model, 10, TTL).score(events)
         assert len(scored.inference_seconds) == 20  # waves
+
+
+def test_runs_are_taken_where_they_save_calls() -> None:
+    def groups(users: list[str]) -> Groups:
+        return group(
+            EventBatch.from_events([event(u, 1.0, T0, "m", i) for i, u in enumerate(users)])
+        )
+
+    even = [f"u{i % 400}" for i in range(1000)]  # 2-3 events each: 3 waves, 2 run lengths
+    assert not runs_pay(groups(even))
+    assert runs_pay(groups(even + ["hot"] * 40))  # 40 waves against 3 run lengths
+    assert runs_pay(groups(["one"] * 50))  # a single user
