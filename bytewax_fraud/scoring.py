@@ -37,7 +37,7 @@ from bytewax_fraud.batch_shapes import APPLIED, FENCED, USER_LATE, Rules, apply_
 from bytewax_fraud.control.deployment import Deployment
 from bytewax_fraud.errors import RecoveryError
 from bytewax_fraud.inference.runtime import LoadedModel
-from bytewax_fraud.inference.sequence import batch_shape
+from bytewax_fraud.inference.sequence import BatchShape, batch_shape
 from bytewax_fraud.records import DeadLetter, Event, EventBatch, ScoredBatch
 from bytewax_fraud.state.base import (
     HIGH_WATER_KEY,
@@ -82,6 +82,9 @@ class PartitionScorer:
         self.high_water = 0
         #: Recently seen users' records, so that most of a batch is not read from the store.
         self.cache = RecordCache(cache_bytes)
+        self._rules = Rules(ttl=ttl_seconds, lateness=self.policy.allowed_lateness)
+        #: Each model's batch shape, looked up once per model object (not once per batch).
+        self._shapes: dict[int, tuple[LoadedModel, BatchShape]] = {}
 
     def score(self, events: EventBatch | Sequence[Event]) -> ScoredBatch:
         """Score events (in partition order), splitting into batches of at most `batch_max`."""
@@ -174,9 +177,9 @@ class PartitionScorer:
         st = decode(
             self.cache.get_many(user_keys, self.store), self.window, model.hidden_size, model.tag
         )
-        rules = Rules(ttl=self.ttl, lateness=self.policy.allowed_lateness)
-        applied = apply_events(batch, g, st, model, batch_shape(model), rules)
+        applied = apply_events(batch, g, st, model, self._shape(model), self._rules)
         fate, prob, late = applied.fate, applied.prob, applied.late
+        applied_at = applied.dirty
         lines, latency = self._lines(batch, prob, model)
         replayed = np.flatnonzero(fate == FENCED).tolist()
         # The outbox gets the lines of the events applied now; replays read theirs back.
@@ -184,10 +187,10 @@ class PartitionScorer:
         if replayed or late:
             if replayed:
                 self._read_outbox(batch, replayed, lines, prob, latency)
-            fresh = applied.dirty
-            fresh_lines, fresh_offsets = [lines[i] for i in fresh.tolist()], batch.offsets[fresh]
+            fresh_lines = [lines[i] for i in applied_at.tolist()]
+            fresh_offsets = batch.offsets[applied_at]
         dirty = np.zeros(len(g.users), bool)
-        dirty[g.row_of[applied.dirty]] = True
+        dirty[g.row_of[applied_at]] = True
         d = np.flatnonzero(dirty)
         written_keys = [user_keys[j] for j in d.tolist()]
         written = encode(st.take(d), model.tag)
@@ -228,6 +231,12 @@ class PartitionScorer:
             labels=batch.labels[kept],
             dead_letters=dead,
         )
+
+    def _shape(self, model: LoadedModel) -> BatchShape:
+        found = self._shapes.get(id(model))
+        if found is None or found[0] is not model:
+            found = self._shapes[id(model)] = (model, batch_shape(model))
+        return found[1]
 
     def _lines(
         self, b: EventBatch, prob: np.ndarray, model: LoadedModel
