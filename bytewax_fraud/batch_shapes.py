@@ -12,8 +12,9 @@ Events of one user are applied in batch (= offset) order. Two shapes feed the mo
   So a batch makes one model call per distinct run length, and a hot user with 300
   events in a batch costs one call, not 300.
 * **Waves.** Wave k takes every user's k-th event, one model call per wave, so the
-  busiest user sets the number of calls. Used for a stateful model without a
-  sequence form, and for runs that are not regular: a run in which an event other
+  busiest user sets the number of calls. Used for a batch where runs would save no
+  calls (`runs_pay`), for a stateful model without a sequence form, and for runs that
+  are not regular: a run in which an event other
   than the first finds its user expired (a gap longer than the TTL), or in which an
   event is too far behind its user's last one (a rejection shortens the run).
 """

@@ -8,7 +8,8 @@ For a batch the scorer:
 4. applies the events (batch_shapes.py): fences replays, expires idle users (TTL
    in event time), rejects events too far behind their user's last event,
    computes features with numpy and runs the model once per distinct run length
-   (or once per wave, for a stateful model without a sequence form);
+   (or once per wave: for a stateful model without a sequence form, and for a
+   batch spread evenly over its users, where waves make as few calls);
 5. writes the new records, one outbox entry with the batch's lines (and one per
    rejection), the clock and the high-water mark in one atomic write (a `WriteSet`);
 6. returns the prediction lines in input order, and the dead letters.
