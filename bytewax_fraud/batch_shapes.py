@@ -4,19 +4,19 @@ Pure logic over columns: the scorer reads the states before and writes them afte
 Events of one user are applied in batch (= offset) order. Two shapes feed the model:
 
 * **Runs.** A user's events in the batch form a run of length k. Users whose runs
-  have the same k go through the model together, in one call: a stateless model
-  takes the k*B rows at once; a stateful one takes [k, B, F] through its sequence
-  form (for k = 1, through the step model). The features of step j depend on the
+  have the same k go through a stateful model together, in one call: [k, B, F]
+  through its sequence form (for k = 1, through the step model); a stateless model
+  takes the rows of every run of the batch in one call. The features of step j depend on the
   steps before it (window, count, time gap); they are computed for every step of
   every run at once, from the user's window extended by the run (a sliding window).
-  So a batch makes one model call per distinct run length, and a hot user with 300
-  events in a batch costs one call, not 300.
+  So a batch makes at most one model call per distinct run length, and a hot user
+  with 300 events in a batch costs one call, not 300.
 * **Waves.** Wave k takes every user's k-th event, one model call per wave, so the
   busiest user sets the number of calls. Used for a batch where runs would save no
   calls (`runs_pay`), for a stateful model without a sequence form, and for runs that
-  are not regular: a run in which an event other
-  than the first finds its user expired (a gap longer than the TTL), or in which an
-  event is too far behind its user's last one (a rejection shortens the run).
+  are not regular: a run in which an event other than the first finds its user
+  expired (a gap longer than the TTL), or in which an event is too far behind its
+  user's last one (a rejection shortens the run).
 """
 
 from __future__ import annotations
