@@ -30,6 +30,7 @@ from bytewax_fraud.control.deployment import (
 from bytewax_fraud.control.deployment import apply as apply_command
 from bytewax_fraud.errors import RecoveryError
 from bytewax_fraud.inference.runtime import LoadedModel
+from bytewax_fraud.inference.sequence import batch_shape
 from bytewax_fraud.records import DeadLetter, EventBatch, ScoredBatch
 from bytewax_fraud.scoring import PartitionScorer
 from bytewax_fraud.state.base import HIGH_WATER_KEY, REPLAY_FLOOR_KEY, USER_PREFIX, StateStore
@@ -96,9 +97,12 @@ def open_store(config: PartitionConfig, partition: int, resuming: bool) -> State
 
 
 def _show_deployment(stats: RunStats, dep: Deployment) -> None:
+    models = [m for m in (dep.primary, dep.candidate) if m is not None]
+    shapes = {m.label: batch_shape(m).reason for m in models}
     with stats.lock:
         stats.model = dep.label()
         stats.rollout = dep.rollout if dep.candidate is not None else 0.0
+        stats.batch_shapes = shapes
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +200,7 @@ class PartitionLogic(StatefulBatchLogic[PartitionBatch, Outbound, dict[str, Any]
         with stats.lock:
             stats.cache_hits += cache.hits - hits
             stats.cache_misses += cache.misses - misses
+            stats.sequence_calls += scored.sequence_calls
         stats.record_event_time(scorer.partition, scorer.clock.now, scored.late_accepted)
         if not scored.lines:
             return list(scored.dead_letters)

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import base64
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -282,9 +282,23 @@ class RawBatch:
 NO_LABEL = -1
 
 
+def _row(key: str, dtype: type | None = None) -> dict[str, Any]:
+    """Field metadata of a column filled from the transactions' `key` (numpy `dtype`, or a list)."""
+    return {"row": key, "dtype": dtype}
+
+
+#: Fields of `EventBatch` shared by all its events rather than one value per event.
+_SHARED = frozenset({"partition", "source"})
+
+
 @dataclass(frozen=True, slots=True)
 class EventBatch:
     """Valid transactions of one partition, in offset order, as columns.
+
+    Every field but `partition` and `source` is a column (a numpy array or a list, one
+    entry per event); `take`, `slice` and `concat` go over `dataclasses.fields`, so a
+    new column cannot be forgotten by one of them. Columns filled from the validated
+    transactions name their field in their metadata (`from_rows`).
 
     Attributes:
         partition: Source partition (= state partition).
@@ -307,12 +321,12 @@ class EventBatch:
     partition: int
     offsets: npt.NDArray[np.int64]
     ingest_ns: npt.NDArray[np.int64]
-    transaction_ids: list[str]
-    user_ids: list[str]
-    amounts: npt.NDArray[np.float64]
-    timestamps: npt.NDArray[np.float64]
-    merchants: list[str]
-    labels: npt.NDArray[np.int8]
+    transaction_ids: list[str] = field(metadata=_row("transaction_id"))
+    user_ids: list[str] = field(metadata=_row("user_id"))
+    amounts: npt.NDArray[np.float64] = field(metadata=_row("amount", np.float64))
+    timestamps: npt.NDArray[np.float64] = field(metadata=_row("timestamp", np.float64))
+    merchants: list[str] = field(metadata=_row("merchant"))
+    labels: npt.NDArray[np.int8] = field(metadata=_row("label", np.int8))
     source: str = ""
     values: list[bytes | None] | None = None
     keys: list[bytes | None] | None = None
@@ -335,25 +349,25 @@ class EventBatch:
     ) -> EventBatch:
         """Columns of validated transaction dicts (the fields of `Transaction`)."""
         n = len(rows)
-        labels = [r["label"] for r in rows]
+        cols: dict[str, Any] = {}
+        for f in fields(cls):
+            key = f.metadata.get("row")
+            if key is None:
+                continue
+            col = [r[key] for r in rows]
+            if key == "label" and None in col:
+                col = [NO_LABEL if x is None else x for x in col]
+            dtype = f.metadata["dtype"]
+            cols[f.name] = col if dtype is None else np.fromiter(col, dtype, n)
         return cls(
             partition=partition,
             offsets=offsets,
             ingest_ns=ingest_ns,
-            transaction_ids=[r["transaction_id"] for r in rows],
-            user_ids=[r["user_id"] for r in rows],
-            amounts=np.fromiter([r["amount"] for r in rows], np.float64, n),
-            timestamps=np.fromiter([r["timestamp"] for r in rows], np.float64, n),
-            merchants=[r["merchant"] for r in rows],
-            labels=(
-                np.fromiter(labels, np.int8, n)
-                if None not in labels
-                else np.fromiter([NO_LABEL if x is None else x for x in labels], np.int8, n)
-            ),
             source=source,
             values=values,
             keys=keys,
             source_ts=source_ts,
+            **cols,
         )
 
     @classmethod
@@ -370,81 +384,66 @@ class EventBatch:
             values=[ev.tx.model_dump_json().encode() for ev in events],
         )
 
+    def _columns(self) -> Iterator[tuple[str, Any]]:
+        """(name, column) of every column, None for an optional one this batch lacks."""
+        for f in fields(self):
+            if f.name not in _SHARED:
+                yield f.name, getattr(self, f.name)
+
+    def _with(self, cols: dict[str, Any]) -> EventBatch:
+        return EventBatch(partition=self.partition, source=self.source, **cols)
+
     def take(self, idx: npt.NDArray[np.intp]) -> EventBatch:
         """The events at these positions, in the given order."""
         at = idx.tolist()
-        return EventBatch(
-            partition=self.partition,
-            offsets=self.offsets[idx],
-            ingest_ns=self.ingest_ns[idx],
-            transaction_ids=[self.transaction_ids[i] for i in at],
-            user_ids=[self.user_ids[i] for i in at],
-            amounts=self.amounts[idx],
-            timestamps=self.timestamps[idx],
-            merchants=[self.merchants[i] for i in at],
-            labels=self.labels[idx],
-            source=self.source,
-            values=None if self.values is None else [self.values[i] for i in at],
-            keys=None if self.keys is None else [self.keys[i] for i in at],
-            source_ts=None if self.source_ts is None else self.source_ts[idx],
+        return self._with(
+            {
+                name: None
+                if col is None
+                else col[idx]
+                if isinstance(col, np.ndarray)
+                else [col[i] for i in at]
+                for name, col in self._columns()
+            }
         )
 
     def slice(self, lo: int, hi: int) -> EventBatch:
         """The events lo..hi-1."""
-        return EventBatch(
-            partition=self.partition,
-            offsets=self.offsets[lo:hi],
-            ingest_ns=self.ingest_ns[lo:hi],
-            transaction_ids=self.transaction_ids[lo:hi],
-            user_ids=self.user_ids[lo:hi],
-            amounts=self.amounts[lo:hi],
-            timestamps=self.timestamps[lo:hi],
-            merchants=self.merchants[lo:hi],
-            labels=self.labels[lo:hi],
-            source=self.source,
-            values=None if self.values is None else self.values[lo:hi],
-            keys=None if self.keys is None else self.keys[lo:hi],
-            source_ts=None if self.source_ts is None else self.source_ts[lo:hi],
+        return self._with(
+            {name: None if col is None else col[lo:hi] for name, col in self._columns()}
         )
 
     @staticmethod
     def concat(batches: Sequence[EventBatch]) -> EventBatch:
-        """Batches of one partition, one after the other."""
+        """Batches of one partition, one after the other.
+
+        An optional column some batches lack is filled there: None for a list, NaN for
+        an array; it stays None only if every batch lacks it.
+        """
         if len(batches) == 1:
             return batches[0]
-        return EventBatch(
-            partition=batches[0].partition,
-            offsets=np.concatenate([b.offsets for b in batches]),
-            ingest_ns=np.concatenate([b.ingest_ns for b in batches]),
-            transaction_ids=[x for b in batches for x in b.transaction_ids],
-            user_ids=[x for b in batches for x in b.user_ids],
-            amounts=np.concatenate([b.amounts for b in batches]),
-            timestamps=np.concatenate([b.timestamps for b in batches]),
-            merchants=[x for b in batches for x in b.merchants],
-            labels=np.concatenate([b.labels for b in batches]),
-            source=batches[0].source,
-            values=_joined([b.values for b in batches], [len(b) for b in batches]),
-            keys=_joined([b.keys for b in batches], [len(b) for b in batches]),
-            source_ts=(
-                None
-                if all(b.source_ts is None for b in batches)
-                else np.concatenate(
+        sizes = [len(b) for b in batches]
+        parts = [dict(b._columns()) for b in batches]
+        cols: dict[str, Any] = {}
+        for name in parts[0]:
+            got = [p[name] for p in parts]
+            present = [c for c in got if c is not None]
+            if not present:
+                cols[name] = None
+            elif isinstance(present[0], np.ndarray):
+                cols[name] = np.concatenate(
                     [
-                        np.full(len(b), np.nan) if b.source_ts is None else b.source_ts
-                        for b in batches
+                        np.full(n, np.nan) if c is None else c
+                        for c, n in zip(got, sizes, strict=True)
                     ]
                 )
-            ),
-        )
-
-
-def _joined(parts: list[list[bytes | None] | None], sizes: list[int]) -> list[bytes | None] | None:
-    """Optional columns one after the other (None only if every part is None)."""
-    if all(p is None for p in parts):
-        return None
-    return [
-        x for p, n in zip(parts, sizes, strict=True) for x in (p if p is not None else [None] * n)
-    ]
+            else:
+                cols[name] = [
+                    x
+                    for c, n in zip(got, sizes, strict=True)
+                    for x in (c if c is not None else [None] * n)
+                ]
+        return batches[0]._with(cols)
 
 
 @dataclass(frozen=True)
@@ -467,3 +466,5 @@ class ScoredBatch:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     #: Events scored although older than their user's last event (within the lateness).
     late_accepted: int = 0
+    #: Model calls that took users' runs of more than one event (the sequence path).
+    sequence_calls: int = 0

@@ -1,15 +1,17 @@
-"""Score a batch of one partition's events: state in, features, waves of inference, state out.
+"""Score a batch of one partition's events: state in, features, inference, state out.
 
 For a batch the scorer:
 1. admits the new events against the partition's event-time clock, in offset
    order (too far ahead or too far behind: a dead letter; see event_time.py);
-2. groups events by user, keeping order (a user's k-th event in the batch is in wave k);
+2. groups events by user, keeping order (a user's events in the batch are its run);
 3. reads every user's record with one multi-get and decodes them into columns;
-4. per wave: fences replays, expires idle users (TTL in event time), rejects
-   events too far behind their user's last event, computes features with numpy
-   and runs one model call for the whole wave;
+4. applies the events (batch_shapes.py): fences replays, expires idle users (TTL
+   in event time), rejects events too far behind their user's last event,
+   computes features with numpy and runs the model once per distinct run length
+   (or once per wave: for a stateful model without a sequence form, and for a
+   batch spread evenly over its users, where waves make as few calls);
 5. writes the new records, one outbox entry with the batch's lines (and one per
-   rejection), the clock and the high-water mark in one atomic batch;
+   rejection), the clock and the high-water mark in one atomic write (a `WriteSet`);
 6. returns the prediction lines in input order, and the dead letters.
 
 Replays after a crash: an event below the partition's high-water mark was
@@ -24,8 +26,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii as _json_str
 
 import numpy as np
@@ -33,10 +35,11 @@ import numpy as np
 from bytewax_fraud.admission import event_time
 from bytewax_fraud.admission.event_time import PartitionClock, TimePolicy
 from bytewax_fraud.admission.rejects import reject
+from bytewax_fraud.batch_shapes import APPLIED, FENCED, USER_LATE, Rules, apply_events, group
 from bytewax_fraud.control.deployment import Deployment
 from bytewax_fraud.errors import RecoveryError
-from bytewax_fraud.features import compute_features, merchant_codes, push
 from bytewax_fraud.inference.runtime import LoadedModel
+from bytewax_fraud.inference.sequence import BatchShape, batch_shape
 from bytewax_fraud.records import DeadLetter, Event, EventBatch, ScoredBatch
 from bytewax_fraud.state.base import (
     HIGH_WATER_KEY,
@@ -48,22 +51,9 @@ from bytewax_fraud.state.base import (
     user_key,
 )
 from bytewax_fraud.state.cache import RecordCache
-from bytewax_fraud.state.codec import UserStates, decode, decode_headers, encode
+from bytewax_fraud.state.codec import decode, decode_headers, encode
 from bytewax_fraud.state.outbox import decode_rejection, encode_entry, encode_rejection, read_lines
-
-
-@dataclass(frozen=True, slots=True)
-class _Groups:
-    """A batch's events grouped by user: each event's user row and wave."""
-
-    users: list[str]  # distinct, in order of first appearance
-    row_of: np.ndarray  # event -> index into users
-    wave_of: np.ndarray  # event -> how many earlier events of its user are in the batch
-    merchant: np.ndarray  # event -> merchant code
-
-
-#: What became of each event in `_apply_waves`.
-_APPLIED, _FENCED, _USER_LATE = 0, 1, 2
+from bytewax_fraud.state.writeset import WriteSet
 
 
 class PartitionScorer:
@@ -94,6 +84,13 @@ class PartitionScorer:
         self.high_water = 0
         #: Recently seen users' records, so that most of a batch is not read from the store.
         self.cache = RecordCache(cache_bytes)
+        self._rules = Rules(ttl=ttl_seconds, lateness=self.policy.allowed_lateness)
+        #: Each model's batch shape, looked up once per model object (not once per batch).
+        #: Each serving model's batch shape, held weakly: a model no deployment, candidate
+        #: or rollback target uses is released with its session (runtime.model_session).
+        self._shapes: weakref.WeakKeyDictionary[LoadedModel, BatchShape] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def score(self, events: EventBatch | Sequence[Event]) -> ScoredBatch:
         """Score events (in partition order), splitting into batches of at most `batch_max`."""
@@ -106,8 +103,7 @@ class PartitionScorer:
     def _score_slice(self, batch: EventBatch) -> ScoredBatch:
         """Admit, score and persist one batch: one atomic write for all it changed."""
         dead: list[DeadLetter] = []
-        keys: list[bytes] = []
-        values: list[bytes] = []
+        writes = WriteSet()
         old = batch.offsets < self.high_water
         new = ~old
         if old.any():  # replayed after a restart: rejected ones are rejected again, as before
@@ -128,18 +124,17 @@ class PartitionScorer:
                 )
                 i = int(fresh[j])
                 dead.append(reject(batch, i, event_time.STAGE, cls, reason))
-                keys.append(outbox_key(int(batch.offsets[i])))
-                values.append(encode_rejection(cls, reason))
+                writes.put(outbox_key(int(batch.offsets[i])), encode_rejection(cls, reason))
             new[fresh[bad]] = False
         keep = np.flatnonzero(old | new)
         scored = self._score_deployed(
-            batch if len(keep) == len(batch) else batch.take(keep), keys, values
+            batch if len(keep) == len(batch) else batch.take(keep), writes
         )
         self.high_water = max(self.high_water, int(batch.offsets.max()) + 1)
-        if len(fresh) or keys:
-            keys += [event_time.CLOCK_KEY, HIGH_WATER_KEY]
-            values += [self.clock.to_bytes(), self.high_water.to_bytes(8, "big")]
-            self.store.write(keys, values)
+        if len(fresh) or writes:
+            writes.put(event_time.CLOCK_KEY, self.clock.to_bytes())
+            writes.put(HIGH_WATER_KEY, self.high_water.to_bytes(8, "big"))
+            writes.apply(self.store)
         if dead:
             dead = sorted([*dead, *scored.dead_letters], key=lambda d: d.origin.offset)
             scored = _with_dead_letters(scored, dead)
@@ -158,16 +153,14 @@ class PartitionScorer:
                 gone.append(i)
         return np.asarray(gone, np.intp)
 
-    def _score_deployed(
-        self, batch: EventBatch, keys: list[bytes], values: list[bytes]
-    ) -> ScoredBatch:
+    def _score_deployed(self, batch: EventBatch, writes: WriteSet) -> ScoredBatch:
         """Score with the deployment's models: the candidate's users apart from the rest.
 
-        What is to be written is appended to `keys` and `values`.
+        What is to be written is added to `writes`.
         """
         dep = self.deployment
         if dep.candidate is None or len(batch) == 0:
-            return self._score(batch, dep.primary, keys, values)
+            return self._score(batch, dep.primary, writes)
         mask = dep.on_candidate(batch.user_ids)
         parts = []
         for idx, model in (
@@ -175,172 +168,84 @@ class PartitionScorer:
             (np.flatnonzero(mask), dep.candidate),
         ):
             if len(idx):
-                part = self._score(batch.take(idx), model, keys, values)
+                part = self._score(batch.take(idx), model, writes)
                 if part.dead_letters:  # place only what it scored
                     gone = [d.origin.offset for d in part.dead_letters]
                     idx = idx[~np.isin(batch.offsets[idx], gone)]
                 parts.append((idx, part))
         return _interleave(parts)
 
-    def _score(
-        self, batch: EventBatch, model: LoadedModel, keys: list[bytes], values: list[bytes]
-    ) -> ScoredBatch:
+    def _score(self, batch: EventBatch, model: LoadedModel, writes: WriteSet) -> ScoredBatch:
         if len(batch) == 0:
             return _empty()
-        g = self._groups(batch)
+        g = group(batch)
         user_keys = [user_key(u) for u in g.users]
         st = decode(
             self.cache.get_many(user_keys, self.store), self.window, model.hidden_size, model.tag
         )
-        fate, late, dirty, prob, expired, late_ok, infer = self._apply_waves(batch, g, st, model)
+        applied = apply_events(batch, g, st, model, self._shape(model), self._rules)
+        fate, prob, late = applied.fate, applied.prob, applied.late
+        applied_at = applied.dirty
         lines, latency = self._lines(batch, prob, model)
-        replayed = np.flatnonzero(fate == _FENCED).tolist()
+        replayed = np.flatnonzero(fate == FENCED).tolist()
         # The outbox gets the lines of the events applied now; replays read theirs back.
         fresh_lines, fresh_offsets = lines, batch.offsets
         if replayed or late:
             if replayed:
                 self._read_outbox(batch, replayed, lines, prob, latency)
-            fresh = np.flatnonzero(fate == _APPLIED)
-            fresh_lines, fresh_offsets = [lines[i] for i in fresh.tolist()], batch.offsets[fresh]
+            fresh_lines = [lines[i] for i in applied_at.tolist()]
+            fresh_offsets = batch.offsets[applied_at]
+        dirty = np.zeros(len(g.users), bool)
+        dirty[g.row_of[applied_at]] = True
         d = np.flatnonzero(dirty)
         written_keys = [user_keys[j] for j in d.tolist()]
         written = encode(st.take(d), model.tag)
         # A failed store write stops the job, so the cache may learn them before it.
         self.cache.put(written_keys, written)
-        keys += written_keys
-        values += written
+        writes.put_many(written_keys, written)
         if fresh_lines:
-            box_key, box = encode_entry(fresh_offsets, fresh_lines)
-            keys.append(box_key)
-            values.append(box)
+            writes.put(*encode_entry(fresh_offsets, fresh_lines))
         dead: list[DeadLetter] = []
         for i, reason in sorted(late.items()):
             dead.append(reject(batch, i, event_time.STAGE, event_time.TOO_LATE, reason))
-            keys.append(outbox_key(int(batch.offsets[i])))
-            values.append(encode_rejection(event_time.TOO_LATE, reason))
-        if late:  # only the scored events go on
-            kept = np.flatnonzero(fate != _USER_LATE)
-            at = kept.tolist()
-            return ScoredBatch(
-                user_ids=[batch.user_ids[i] for i in at],
-                lines=[lines[i] for i in at],
-                latencies_ms=latency[kept],
-                probabilities=prob[kept],
-                labels=batch.labels[kept],
-                replayed=len(replayed),
-                expired=expired,
-                inference_seconds=infer,
-                dead_letters=dead,
-                late_accepted=late_ok,
-                scores={model.label: prob[fate == _APPLIED]},
-                score_labels={model.label: batch.labels[fate == _APPLIED]},
+            writes.put(
+                outbox_key(int(batch.offsets[i])), encode_rejection(event_time.TOO_LATE, reason)
             )
-        return ScoredBatch(
+        scored = ScoredBatch(
             user_ids=batch.user_ids,
             lines=lines,
             latencies_ms=latency,
             probabilities=prob,
             labels=batch.labels,
             replayed=len(replayed),
-            expired=expired,
-            inference_seconds=infer,
-            late_accepted=late_ok,
-            scores={model.label: prob[fate == _APPLIED] if replayed else prob},
+            expired=applied.expired,
+            inference_seconds=applied.inference_seconds,
+            late_accepted=applied.late_accepted,
+            sequence_calls=applied.sequence_calls,
+            scores={model.label: prob[fate == APPLIED] if replayed or late else prob},
             score_labels={
-                model.label: batch.labels[fate == _APPLIED] if replayed else batch.labels
+                model.label: batch.labels[fate == APPLIED] if replayed or late else batch.labels
             },
         )
-
-    def _groups(self, batch: EventBatch) -> _Groups:
-        """Group the events by user, in order; code the merchants (no Python loop per event)."""
-        n = len(batch)
-        users = list(dict.fromkeys(batch.user_ids))  # distinct, in order of first appearance
-        rows = {u: i for i, u in enumerate(users)}
-        row_of = np.fromiter(map(rows.__getitem__, batch.user_ids), np.intp, n)
-        # A user's k-th event is in wave k: its rank among its user's events.
-        order = np.argsort(row_of, kind="stable")
-        ranked = row_of[order]
-        first = np.flatnonzero(np.r_[True, ranked[1:] != ranked[:-1]])
-        wave_of = np.empty(n, np.intp)
-        wave_of[order] = np.arange(n) - np.repeat(first, np.diff(np.r_[first, n]))
-        return _Groups(
-            users=users, row_of=row_of, wave_of=wave_of, merchant=merchant_codes(batch.merchants)
+        if not late:
+            return scored
+        kept = np.flatnonzero(fate != USER_LATE)  # only the scored events go on
+        at = kept.tolist()
+        return dataclasses.replace(
+            scored,
+            user_ids=[batch.user_ids[i] for i in at],
+            lines=[lines[i] for i in at],
+            latencies_ms=latency[kept],
+            probabilities=prob[kept],
+            labels=batch.labels[kept],
+            dead_letters=dead,
         )
 
-    def _apply_waves(
-        self, b: EventBatch, g: _Groups, st: UserStates, model: LoadedModel
-    ) -> tuple[np.ndarray, dict[int, str], np.ndarray, np.ndarray, int, int, list[float]]:
-        """Run every user's k-th event in wave k: fence, expire, lateness, features, one model call.
-
-        Returns what became of each event (`_APPLIED`, `_FENCED`, `_USER_LATE`), the
-        reasons of the too-late ones, which users changed, the probabilities, the
-        number of TTL expiries, of late events scored, and the duration of each
-        model call.
-        """
-        n = len(b)
-        prob = np.zeros(n, np.float32)
-        fate = np.full(n, _APPLIED, np.int8)
-        late: dict[int, str] = {}
-        dirty = np.zeros(len(g.users), bool)
-        expired_total = 0
-        late_ok = 0
-        lateness = self.policy.allowed_lateness
-        infer: list[float] = []
-        order = np.argsort(g.wave_of, kind="stable")
-        bounds = np.searchsorted(g.wave_of[order], np.arange(int(g.wave_of.max()) + 2))
-        for wave in range(len(bounds) - 1):
-            e = order[bounds[wave] : bounds[wave + 1]]
-            r = g.row_of[e]
-            fresh = b.offsets[e] > st.last_offset[r]  # replays were applied the first time
-            if not fresh.all():
-                fate[e[~fresh]] = _FENCED
-                e, r = e[fresh], r[fresh]
-                if len(e) == 0:
-                    continue
-            ts = b.timestamps[e]
-            expired = (st.count[r] > 0) & (ts - st.last_ts[r] > self.ttl)
-            if expired.any():
-                st.reset(r[expired])
-                expired_total += int(expired.sum())
-            behind = (st.count[r] > 0) & (ts < st.last_ts[r])
-            if behind.any():
-                too_late = behind & (ts < st.last_ts[r] - lateness)
-                if too_late.any():
-                    for i, t, last in zip(
-                        e[too_late].tolist(),
-                        ts[too_late].tolist(),
-                        st.last_ts[r[too_late]].tolist(),
-                        strict=True,
-                    ):
-                        fate[i] = _USER_LATE
-                        late[i] = event_time.behind_user_reason(t, last, lateness)
-                    e, r, ts = e[~too_late], r[~too_late], ts[~too_late]
-                    if len(e) == 0:
-                        continue
-                late_ok += int(behind.sum()) - int(too_late.sum())
-            feats = compute_features(
-                st.amounts[r],
-                st.merchants[r],
-                st.count[r],
-                st.last_ts[r],
-                b.amounts[e],
-                ts,
-                g.merchant[e],
-            )
-            t0 = time.perf_counter()
-            p, h = model.predict(feats, st.hidden[r] if model.hidden_size else None)
-            infer.append(time.perf_counter() - t0)
-            prob[e] = p
-            if h is not None:
-                st.hidden[r] = h
-            st.amounts[r], st.merchants[r], st.count[r] = push(
-                st.amounts[r], st.merchants[r], st.count[r], b.amounts[e], g.merchant[e]
-            )
-            # A late event (within the lateness) never moves its user's clock backwards.
-            st.last_ts[r] = np.maximum(st.last_ts[r], ts)
-            st.last_offset[r] = b.offsets[e]
-            dirty[r] = True
-        return fate, late, dirty, prob, expired_total, late_ok, infer
+    def _shape(self, model: LoadedModel) -> BatchShape:
+        found = self._shapes.get(model)
+        if found is None:
+            found = self._shapes[model] = batch_shape(model)
+        return found
 
     def _lines(
         self, b: EventBatch, prob: np.ndarray, model: LoadedModel
@@ -391,10 +296,17 @@ class PartitionScorer:
             latency[i] = np.nan
 
     def prune_outbox(self, below: int) -> None:
-        """Drop outbox entries for offsets below `below` (they can no longer be replayed)."""
+        """Drop outbox entries for offsets below `below` (they can no longer be replayed).
+
+        The range delete and the new replay floor are one atomic write: a crash leaves
+        either both or neither, never a pruned outbox behind a floor that still allows
+        a replay from below `below`.
+        """
         if below > 0:
-            self.store.delete_range(outbox_key(0), outbox_key(below))
-            self.store.write([REPLAY_FLOOR_KEY], [below.to_bytes(8, "big")])
+            writes = WriteSet()
+            writes.delete_range(outbox_key(0), outbox_key(below))
+            writes.put(REPLAY_FLOOR_KEY, below.to_bytes(8, "big"))
+            writes.apply(self.store)
 
     def sweep(self, start: bytes, limit: int, safe_offset: int) -> tuple[bytes | None, int]:
         """Delete expired user records in one chunk of the key space.
@@ -450,6 +362,7 @@ def _concat(parts: list[ScoredBatch]) -> ScoredBatch:
         inference_seconds=[t for p in parts for t in p.inference_seconds],
         dead_letters=[d for p in parts for d in p.dead_letters],
         late_accepted=sum(p.late_accepted for p in parts),
+        sequence_calls=sum(p.sequence_calls for p in parts),
         scores=_merge_scores(parts),
         score_labels=_merge_scores(parts, "score_labels"),
     )
@@ -479,6 +392,7 @@ def _interleave(parts: list[tuple[np.ndarray, ScoredBatch]]) -> ScoredBatch:
             [d for _, p in parts for d in p.dead_letters], key=lambda d: d.origin.offset
         ),
         late_accepted=sum(p.late_accepted for _, p in parts),
+        sequence_calls=sum(p.sequence_calls for _, p in parts),
         scores=_merge_scores([p for _, p in parts]),
         score_labels=_merge_scores([p for _, p in parts], "score_labels"),
     )

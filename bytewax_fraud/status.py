@@ -107,6 +107,11 @@ class RunStats:
     false_neg: int = 0
     threshold: float = 0.5
     rollout: float = 0.0
+    #: Per model serving now (id@sha256 prefix): "" when a user's run of events goes through
+    #: it in one call, else why it is served in waves (no sequence form).
+    batch_shapes: dict[str, str] = field(default_factory=dict)
+    #: Model calls that took users' runs of more than one event.
+    sequence_calls: int = 0
     #: Class of the fatal error that stopped the run (set by `fatal.report`), else None.
     failed: str | None = None
     batch_sizes: Histogram = field(default_factory=lambda: Histogram(BATCH_BUCKETS))
@@ -157,9 +162,10 @@ class RunStats:
         # Same bins as np.histogram(lat, _EDGES), without its per-call overhead.
         bins = np.searchsorted(_EDGES, np.clip(lat, 1.001e-3, 9.99e5), side="right") - 1
         h = np.bincount(bins, minlength=len(_EDGES) - 1)
-        labelled = labels >= 0
+        # Replayed events (probability NaN) were counted by the run that scored them.
+        labelled = (labels >= 0) & ~np.isnan(probabilities)
         flagged = probabilities >= self.threshold
-        fraud = labels == 1
+        fraud = (labels == 1) & labelled
         with self.lock:
             self.scored += len(latencies_ms)
             self.replayed += replayed
@@ -248,11 +254,14 @@ class RunStats:
             self.interval_started = now
             dead = sum(self.dead_letters.values())
             r = self.rejected()
+            waves = "".join(
+                f" | waves for {label}: {why}" for label, why in self.batch_shapes.items() if why
+            )
             return (
                 f"[fraud] {rate:,.0f} ev/s | scored {self.scored:,} | p99 {p99:.1f} ms |"
                 f" dead letters {dead:,} (late {r['too_late']:,}, early {r['too_early']:,},"
                 f" misrouted {r['misrouted']:,}) | late scored {self.late_accepted:,} |"
-                f" replayed {self.replayed:,} | model {self.model}"
+                f" replayed {self.replayed:,} | model {self.model}{waves}"
             )
 
     def summary(self) -> dict[str, object]:

@@ -101,6 +101,11 @@ _COUNTERS: tuple[tuple[str, str, Callable[[RunStats], float]], ...] = (
         " allowed lateness); rejected ones are dead letters TimestampTooLate",
         lambda s: s.late_accepted,
     ),
+    (
+        "fraud_sequence_calls",
+        "Model calls that took users' runs of more than one event",
+        lambda s: s.sequence_calls,
+    ),
 )
 
 #: Histograms of the whole process: (name, help, histogram).
@@ -112,7 +117,7 @@ _HISTOGRAMS: tuple[tuple[str, str, Callable[[RunStats], Histogram]], ...] = (
     ),
     (
         "fraud_inference_seconds",
-        "Duration of one model call (one wave of a batch), in seconds",
+        "Duration of one model call (one run length or one wave of a batch), in s",
         lambda s: s.inference_seconds,
     ),
     (
@@ -207,6 +212,14 @@ _LABELLED: tuple[_Labelled, ...] = (
         "Duration of a state partition's last snapshot, in seconds",
         "partition",
         lambda s, now: {p: d for p, (_, d) in s.last_snapshot.items()},
+    ),
+    (
+        GaugeMetricFamily,
+        "fraud_model_sequence_form",
+        "1 when a user's run of events in a batch goes through the model in one call (its"
+        " sequence form, or a stateless model); 0 when it is served in waves",
+        "model",
+        lambda s, now: {label: 0.0 if why else 1.0 for label, why in s.batch_shapes.items()},
     ),
     (
         GaugeMetricFamily,

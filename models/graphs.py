@@ -4,9 +4,10 @@ Three graphs share one weight format:
 
 * GRU step model (serving): `input_features` [batch, F], `input_hidden_state` [batch, H]
   -> `output_probability` [batch, 1], `output_hidden_state` [batch, H].
-* GRU sequence model (offline evaluation): `input_features` [T, batch, F],
-  `input_hidden_state` [batch, H] -> `output_probability` [T, batch, 1],
-  `output_hidden_state` [batch, H].
+* GRU sequence model (serving a user's run of events in one call, and offline
+  evaluation): `input_features` [T, batch, F], `input_hidden_state` [batch, H]
+  -> `output_probability` [T, batch, 1], `output_hidden_state` [batch, H]. The step
+  model declares it (`declare_sequence_form`, see bytewax_fraud/inference/contract.py).
 * Stateless model: `input_features` [batch, F] -> `output_probability` [batch, 1], using only
   the features it was trained on (gathered inside the graph).
 
@@ -16,6 +17,8 @@ so they are reordered here. `linear_before_reset=1` matches PyTorch's GRU.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +26,8 @@ import numpy as np
 import numpy.typing as npt
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+
+from bytewax_fraud.inference.contract import SEQUENCE_FORM_KEY
 
 OPSET = 17
 F32 = npt.NDArray[np.float32]
@@ -186,6 +191,21 @@ def gru_sequence_model(w: GruWeights) -> onnx.ModelProto:
         ],
         "fraud_gru_sequence",
     )
+
+
+def declare_sequence_form(step: onnx.ModelProto, file: str, sequence: bytes) -> onnx.ModelProto:
+    """The step model declaring `file` (the bytes `sequence`, saved beside it) as its sequence form.
+
+    Only the metadata changes: the graph and the weights stay as they are.
+    """
+    out = onnx.ModelProto()
+    out.CopyFrom(step)
+    kept = [p for p in out.metadata_props if p.key != SEQUENCE_FORM_KEY]
+    del out.metadata_props[:]
+    out.metadata_props.extend(kept)
+    value = json.dumps({"file": file, "sha256": hashlib.sha256(sequence).hexdigest()})
+    helper.set_model_props(out, {**{p.key: p.value for p in kept}, SEQUENCE_FORM_KEY: value})
+    return out
 
 
 def stateless_model(w: MlpWeights) -> onnx.ModelProto:

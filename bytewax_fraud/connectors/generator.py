@@ -2,7 +2,8 @@
 
 Every user has a fixed profile (typical amount, spread, activity, favourite merchants,
 home currency) that depends only on (seed, user index). Time advances in chunks of
-`CHUNK_SECONDS`; each chunk is drawn with numpy in one go from an RNG seeded by
+`CHUNK_SECONDS` (longer for a partition of very few users, see `chunk_seconds`); each
+chunk is drawn with numpy in one go from an RNG seeded by
 (seed, partition_count, partition_index, chunk index), so the stream of a partition is
 reproducible and any offset can be regenerated from the start.
 
@@ -14,6 +15,7 @@ stateless amount threshold from being enough.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
 
@@ -26,6 +28,11 @@ from bytewax_fraud.partitioning import murmur2_many
 START_TIMESTAMP = 1_767_225_600.0
 #: Simulated seconds per chunk; every episode fits inside one chunk.
 CHUNK_SECONDS = 6 * 3600.0
+#: A partition with fewer users than this draws chunks long enough to hold about
+#: `MIN_CHUNK_EVENTS` events: drawing a chunk costs ~0.3 ms whatever it holds, and one
+#: user's few events a day per 6-hour chunk would bound the generator at ~1k events/s.
+SMALL_POPULATION = 16
+MIN_CHUNK_EVENTS = 256
 N_MERCHANTS = 200_000
 #: Upper bound on users: every user id then has the same length ("u" + 7 digits).
 MAX_USERS = 10_000_000
@@ -203,13 +210,23 @@ class TransactionGenerator:
     def _profiles(self) -> UserProfiles:
         return user_profiles(self.users, self.seed).take(self.user_indices)
 
+    @functools.cached_property
+    def chunk_seconds(self) -> float:
+        """Simulated seconds per chunk: `CHUNK_SECONDS`, longer for fewer than 16 users."""
+        n_users = int(self.user_indices.shape[0])
+        if n_users == 0 or n_users >= SMALL_POPULATION:
+            return CHUNK_SECONDS
+        per_chunk = float(self._profiles.rate.sum()) * CHUNK_SECONDS / _DAY
+        return CHUNK_SECONDS * max(1, math.ceil(MIN_CHUNK_EVENTS / per_chunk))
+
     def chunk(self, k: int) -> EventChunk:
-        """Chunk `k`: the events in [START + k * CHUNK_SECONDS, START + (k + 1) * CHUNK_SECONDS)."""
+        """Chunk `k`: events in [START + k * span, START + (k + 1) * span), span `chunk_seconds`."""
         rng = np.random.default_rng([self.seed, self.partition_count, self.partition_index, k])
-        t0 = START_TIMESTAMP + k * CHUNK_SECONDS
+        span = self.chunk_seconds
+        t0 = START_TIMESTAMP + k * span
         prof = self._profiles
         n_users = int(self.user_indices.shape[0])
-        days = CHUNK_SECONDS / _DAY
+        days = span / _DAY
         parts = _Parts([])
         home = prof.home_currency
 
@@ -227,7 +244,7 @@ class TransactionGenerator:
         # Normal activity: Poisson counts, uniform times, mostly favourite merchants.
         counts = rng.poisson(prof.rate * days)
         u = np.repeat(np.arange(n_users, dtype=np.int64), counts)
-        ts = t0 + rng.random(u.shape[0]) * CHUNK_SECONDS
+        ts = t0 + rng.random(u.shape[0]) * span
         fav = rng.random(u.shape[0]) < _FAVOURITE_SHARE
         m = np.where(fav, favourite(u), new_merchants(u.shape[0]))
         parts.add(u, usual_amount(u), ts, m, home[u], 0)
@@ -259,7 +276,7 @@ class TransactionGenerator:
             within = c - c[first[ep]] if ep.shape[0] else c
             duration = np.zeros(n_ep)
             np.maximum.at(duration, ep, within)
-            start = t0 + rng.random(n_ep) * (CHUNK_SECONDS - duration - 1.0)
+            start = t0 + rng.random(n_ep) * (span - duration - 1.0)
             return ep_user[ep], ep, pos, start[ep] + within, last
 
         # Card testing: tiny amounts at odd merchants seconds to minutes apart, then a large one.
@@ -298,7 +315,7 @@ class TransactionGenerator:
             shop = shop[np.r_[0, np.flatnonzero(ep[1:] != ep[:-1]) + 1]][ep]
         parts.add(u, usual_amount(u), ts, shop, home[u], 6)
 
-        return _assemble(parts, self.user_indices, t0)
+        return _assemble(parts, self.user_indices, t0, span)
 
     def chunks(self) -> Iterator[EventChunk]:
         """All chunks, in event-time order (infinite)."""
@@ -381,13 +398,13 @@ def _encode(c: EventChunk, lo: int, hi: int, first_offset: int, prefix: str) -> 
     return text.encode("utf-8").split(b"\n") if text else []
 
 
-def _assemble(parts: _Parts, user_indices: I64, t0: float) -> EventChunk:
+def _assemble(parts: _Parts, user_indices: I64, t0: float, span: float) -> EventChunk:
     """Concatenate the pattern parts, round, and sort by timestamp (stable)."""
     u = np.concatenate([p[0] for p in parts.cols])
     amt = np.maximum(np.round(np.concatenate([p[1] for p in parts.cols]), 2), 0.01)
     # Millisecond resolution; flooring keeps every event before the chunk's end.
     ts = np.floor(np.concatenate([p[2] for p in parts.cols]) * 1000.0) / 1000.0
-    ts = np.clip(ts, t0, t0 + CHUNK_SECONDS - 0.001)
+    ts = np.clip(ts, t0, t0 + span - 0.001)
     m = np.concatenate([p[3] for p in parts.cols])
     cur = np.concatenate([p[4] for p in parts.cols]).astype(np.uint8)
     pat = np.concatenate([np.full(p[0].shape[0], p[5], dtype=np.int8) for p in parts.cols])

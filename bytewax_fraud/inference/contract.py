@@ -8,10 +8,20 @@ Two shapes of model are served:
 
 All tensors are float32, the batch axis is dynamic, F and H are fixed positive sizes.
 `check_contract` reads only the model's metadata; it never runs the model.
+
+A stateful model may declare a *sequence form*: the same network over a user's run of
+events, `input_features` [time, batch, F] and `input_hidden_state` [batch, H] in,
+`output_probability` [time, batch, 1] and `output_hidden_state` [batch, H] (the state
+after the last step) out, with `time` and `batch` dynamic. The declaration is one
+metadata entry of the step model (`SEQUENCE_FORM_KEY`), a JSON object naming the file
+(beside the step model) and its sha256:
+`{"file": "fraud_gru_seq.onnx", "sha256": "..."}`. `check_sequence_contract` checks
+the file; `inference/sequence.py` loads it. A model without one is served in waves.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,6 +38,9 @@ HIDDEN_IN = "input_hidden_state"
 PROBABILITY = "output_probability"
 HIDDEN_OUT = "output_hidden_state"
 
+#: The step model's metadata key that declares its sequence form.
+SEQUENCE_FORM_KEY = "bytewax_fraud.sequence_form"
+
 EXPECTED = (
     f"expected inputs {FEATURES} [batch, F] and optionally {HIDDEN_IN} [batch, H]; "
     f"outputs {PROBABILITY} [batch, 1] (and {HIDDEN_OUT} [batch, H] when {HIDDEN_IN} is given), "
@@ -42,6 +55,8 @@ class ModelSignature:
     kind: Literal["stateful", "stateless"]
     n_features: int
     hidden_size: int  # 0 when stateless
+    #: The raw `SEQUENCE_FORM_KEY` metadata entry, if any (see `sequence_declaration`).
+    sequence_form: str | None = None
 
 
 def _load(model: onnx.ModelProto | bytes | str | os.PathLike[str]) -> onnx.ModelProto:
@@ -183,4 +198,89 @@ def check_contract(
         if h_in != h_out:
             raise fail(f"hidden size mismatch: {HIDDEN_IN} has H={h_in}, {HIDDEN_OUT} has {h_out}")
         hidden = h_in
-    return ModelSignature(kind=kind, n_features=n_features, hidden_size=hidden)
+    return ModelSignature(
+        kind=kind, n_features=n_features, hidden_size=hidden, sequence_form=_declared(proto)
+    )
+
+
+SEQUENCE_EXPECTED = (
+    f"expected inputs {FEATURES} [time, batch, F] and {HIDDEN_IN} [batch, H]; outputs "
+    f"{PROBABILITY} [time, batch, 1] and {HIDDEN_OUT} [batch, H], all float32, time and batch "
+    "dynamic, F and H those of the step model"
+)
+
+
+@dataclass(frozen=True)
+class SequenceDeclaration:
+    """A step model's pointer to its sequence form: a file beside it and its sha256."""
+
+    file: str
+    sha256: str
+
+
+def _declared(proto: onnx.ModelProto) -> str | None:
+    return next((p.value for p in proto.metadata_props if p.key == SEQUENCE_FORM_KEY), None)
+
+
+def sequence_declaration(
+    model: ModelSignature | onnx.ModelProto | bytes | str | os.PathLike[str],
+) -> SequenceDeclaration | None:
+    """The sequence form a model (or the signature of a checked one) declares, or None.
+
+    Raises:
+        ModelContractError: the entry is there but is not `{"file": ..., "sha256": ...}`
+            with a plain file name.
+    """
+    raw = model.sequence_form if isinstance(model, ModelSignature) else _declared(_load(model))
+    if raw is None:
+        return None
+    try:
+        d = json.loads(raw)
+        decl = SequenceDeclaration(file=str(d["file"]), sha256=str(d["sha256"]).lower())
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ModelContractError(
+            f"metadata {SEQUENCE_FORM_KEY}={raw!r} is not a JSON object with 'file' and 'sha256';"
+            " write it with models.graphs.declare_sequence_form"
+        ) from exc
+    if not decl.file or os.path.basename(decl.file) != decl.file:
+        raise ModelContractError(
+            f"metadata {SEQUENCE_FORM_KEY} names {decl.file!r}; it must be a file name in the"
+            " step model's directory, without a path"
+        )
+    return decl
+
+
+def check_sequence_contract(
+    model: onnx.ModelProto | bytes | str | os.PathLike[str], n_features: int, hidden_size: int
+) -> None:
+    """Check that a model is a sequence form for a step model with these F and H.
+
+    Raises:
+        ModelContractError: it is unreadable, or its inputs and outputs differ from the
+            sequence contract; the message names the expected and actual ones.
+    """
+    proto = _load(model)
+    graph = proto.graph
+    init_names = {t.name for t in graph.initializer} if proto.ir_version < 4 else set()
+    inputs = [v for v in graph.input if v.name not in init_names]
+    outputs = list(graph.output)
+    got = f"got inputs {_describe(inputs)}, outputs {_describe(outputs)}"
+    by_name = {v.name: v for v in [*inputs, *outputs]}
+    if sorted(v.name for v in inputs) != sorted([FEATURES, HIDDEN_IN]) or sorted(
+        v.name for v in outputs
+    ) != sorted([PROBABILITY, HIDDEN_OUT]):
+        raise ModelContractError(f"unexpected input/output names: {SEQUENCE_EXPECTED}; {got}")
+    want: dict[str, list[int | None]] = {
+        FEATURES: [None, None, n_features],
+        HIDDEN_IN: [None, hidden_size],
+        PROBABILITY: [None, None, 1],
+        HIDDEN_OUT: [None, hidden_size],
+    }
+    for name, dims_wanted in want.items():
+        v = by_name[name]
+        dims = _dims(v)
+        ok = v.type.tensor_type.elem_type == TensorProto.FLOAT and len(dims) == len(dims_wanted)
+        for d, w in zip(dims, dims_wanted, strict=False):
+            ok = ok and (not isinstance(d, int) if w is None else d == w)
+        if not ok:
+            raise ModelContractError(f"{name} does not match: {SEQUENCE_EXPECTED}; {got}")

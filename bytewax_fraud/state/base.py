@@ -42,9 +42,14 @@ class StateStore(Protocol):
         ...
 
     def write(
-        self, keys: Sequence[bytes], values: Sequence[bytes], deletes: Sequence[bytes] = ()
+        self,
+        keys: Sequence[bytes],
+        values: Sequence[bytes],
+        deletes: Sequence[bytes] = (),
+        ranges: Sequence[tuple[bytes, bytes]] = (),
     ) -> None:
-        """Put every (key, value) and delete `deletes`, atomically."""
+        """Delete every key in each [begin, end) of `ranges`, then put every (key, value)
+        and delete `deletes`, all in one atomic write."""
         ...
 
     def delete_range(self, begin: bytes, end: bytes) -> None:

@@ -46,8 +46,16 @@ class BufferedStore:
         return out
 
     def write(
-        self, keys: Sequence[bytes], values: Sequence[bytes], deletes: Sequence[bytes] = ()
+        self,
+        keys: Sequence[bytes],
+        values: Sequence[bytes],
+        deletes: Sequence[bytes] = (),
+        ranges: Sequence[tuple[bytes, bytes]] = (),
     ) -> None:
+        if ranges:  # the buffer goes first, then this write as one atomic batch
+            self.flush()
+            self.inner.write(keys, values, deletes, ranges)
+            return
         if self._deletes:
             self._deletes.difference_update(keys)
         self._puts.update(zip(keys, values, strict=True))

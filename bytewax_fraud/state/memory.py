@@ -17,8 +17,14 @@ class MemoryStore:
         return [get(k) for k in keys]
 
     def write(
-        self, keys: Sequence[bytes], values: Sequence[bytes], deletes: Sequence[bytes] = ()
+        self,
+        keys: Sequence[bytes],
+        values: Sequence[bytes],
+        deletes: Sequence[bytes] = (),
+        ranges: Sequence[tuple[bytes, bytes]] = (),
     ) -> None:
+        for begin, end in ranges:
+            self.delete_range(begin, end)
         self._data.update(zip(keys, values, strict=True))
         for k in deletes:
             self._data.pop(k, None)

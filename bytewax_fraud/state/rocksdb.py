@@ -81,9 +81,15 @@ class RocksStore:
             raise io_error(self.path, "be read", exc) from exc
 
     def write(
-        self, keys: Sequence[bytes], values: Sequence[bytes], deletes: Sequence[bytes] = ()
+        self,
+        keys: Sequence[bytes],
+        values: Sequence[bytes],
+        deletes: Sequence[bytes] = (),
+        ranges: Sequence[tuple[bytes, bytes]] = (),
     ) -> None:
         wb = WriteBatch(raw_mode=True)
+        for begin, end in ranges:
+            wb.delete_range(begin, end)
         for k, v in zip(keys, values, strict=True):
             wb.put(k, v)
         for k in deletes:

@@ -399,9 +399,16 @@ def _kafka_env(
 
 
 def run_kafka(
-    cfg: BenchConfig, name: str, workdir: Path, broker: Broker, *, events: int, processes: int = 1
+    cfg: BenchConfig,
+    name: str,
+    workdir: Path,
+    broker: Broker,
+    *,
+    events: int,
+    processes: int = 1,
+    produced: list[tuple[bytes | None, bytes]] | None = None,
 ) -> Result:
-    """Produce `events` generated events, run the job on them through Kafka, measure it."""
+    """Produce `events` generated events (or `produced`), run the job on them through Kafka."""
     d = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=workdir))
     prefix = f"fraud-bench-{uuid.uuid4().hex[:8]}"
     t_in, t_pred, t_dl = (f"{prefix}-{t}" for t in ("transactions", "predictions", "dead-letters"))
@@ -409,7 +416,7 @@ def run_kafka(
     admin = admin_client(kafka_connection(s).admin())
     create_job_topics(admin, cfg.partitions, t_in, t_pred, t_dl, s.kafka_max_message_bytes)
     # Generated first, so that the producing rate is the client's and the broker's alone.
-    msgs = list(generated(cfg.users, cfg.seed, events))
+    msgs = list(generated(cfg.users, cfg.seed, events)) if produced is None else produced
     t0 = time.monotonic()
     produce(kafka_connection(s).producer(), t_in, cfg.partitions, msgs)
     produce_s = time.monotonic() - t0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,13 @@ from onnx import TensorProto, helper, numpy_helper
 
 from bytewax_fraud.errors import ModelContractError
 from bytewax_fraud.features import N_FEATURES
-from bytewax_fraud.inference.contract import ModelSignature, check_contract
+from bytewax_fraud.inference.contract import (
+    SEQUENCE_FORM_KEY,
+    ModelSignature,
+    check_contract,
+    check_sequence_contract,
+    sequence_declaration,
+)
 
 MODELS = Path(__file__).resolve().parents[3] / "models"
 
@@ -37,7 +44,10 @@ def _model(
 
 def test_accepts_shipped_stateful_model() -> None:
     sig = check_contract(MODELS / "fraud_gru.onnx", expected_features=N_FEATURES)
-    assert sig == ModelSignature(kind="stateful", n_features=N_FEATURES, hidden_size=128)
+    assert (sig.kind, sig.n_features, sig.hidden_size) == ("stateful", N_FEATURES, 128)
+    decl = sequence_declaration(sig)  # the signature carries the declaration it was loaded with
+    assert decl is not None and decl.file == "fraud_gru_seq.onnx"
+    assert decl == sequence_declaration(MODELS / "fraud_gru.onnx")
 
 
 def test_accepts_shipped_stateless_model_from_bytes() -> None:
@@ -146,3 +156,31 @@ def test_rejects_optional_input_with_default() -> None:
     model.graph.initializer.append(numpy_helper.from_array(np.ones(1, np.float32), "scale"))
     with pytest.raises(ModelContractError, match="unexpected input/output names.*scale"):
         check_contract(model)
+
+
+def test_shipped_step_model_declares_its_sequence_form() -> None:
+    decl = sequence_declaration(MODELS / "fraud_gru.onnx")
+    assert decl is not None and decl.file == "fraud_gru_seq.onnx"
+    assert decl.sha256 == hashlib.sha256((MODELS / decl.file).read_bytes()).hexdigest()
+    check_sequence_contract(MODELS / decl.file, N_FEATURES, 128)
+    assert sequence_declaration(MODELS / "fraud_stateless.onnx") is None
+
+
+def test_sequence_contract_rejects_a_step_model_and_other_sizes() -> None:
+    with pytest.raises(ModelContractError, match="input_features does not match"):
+        check_sequence_contract(MODELS / "fraud_gru.onnx", N_FEATURES, 128)
+    with pytest.raises(ModelContractError, match="input_hidden_state does not match"):
+        check_sequence_contract(MODELS / "fraud_gru_seq.onnx", N_FEATURES, 64)
+    with pytest.raises(ModelContractError, match="unexpected input/output names"):
+        check_sequence_contract(MODELS / "fraud_stateless.onnx", N_FEATURES, 128)
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["not json", '{"file": "x.onnx"}', '{"file": "../x.onnx", "sha256": "ab"}', '["x", "y"]'],
+)
+def test_a_malformed_sequence_declaration_is_named(value: str) -> None:
+    proto = onnx.load(str(MODELS / "fraud_gru.onnx"))
+    helper.set_model_props(proto, {SEQUENCE_FORM_KEY: value})
+    with pytest.raises(ModelContractError, match=SEQUENCE_FORM_KEY):
+        sequence_declaration(proto)
