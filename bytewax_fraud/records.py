@@ -465,3 +465,5 @@ class ScoredBatch:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     #: Events scored although older than their user's last event (within the lateness).
     late_accepted: int = 0
+    #: The input offset of each line (what an exactly-once sink fences replays by).
+    offsets: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))

@@ -233,6 +233,7 @@ class PartitionScorer:
                 dead_letters=dead,
                 late_accepted=late_ok,
                 scores={model.label: prob[fate == _APPLIED]},
+                offsets=batch.offsets[kept],
             )
         return ScoredBatch(
             user_ids=batch.user_ids,
@@ -245,6 +246,7 @@ class PartitionScorer:
             inference_seconds=infer,
             late_accepted=late_ok,
             scores={model.label: prob[fate == _APPLIED] if replayed else prob},
+            offsets=batch.offsets,
         )
 
     def _groups(self, batch: EventBatch) -> _Groups:
@@ -447,6 +449,7 @@ def _concat(parts: list[ScoredBatch]) -> ScoredBatch:
         dead_letters=[d for p in parts for d in p.dead_letters],
         late_accepted=sum(p.late_accepted for p in parts),
         scores=_merge_scores(parts),
+        offsets=np.concatenate([p.offsets for p in parts]),
     )
 
 
@@ -475,6 +478,7 @@ def _interleave(parts: list[tuple[np.ndarray, ScoredBatch]]) -> ScoredBatch:
         ),
         late_accepted=sum(p.late_accepted for _, p in parts),
         scores=_merge_scores([p for _, p in parts]),
+        offsets=np.concatenate([p.offsets for _, p in parts])[order],
     )
 
 

