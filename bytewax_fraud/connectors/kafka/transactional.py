@@ -102,7 +102,7 @@ def _classify(err: KafkaError, what: str, txn_id: str) -> None:
             " committed is visible to read_committed consumers. Fix: make sure only one job runs"
             " for these topics (FRAUD_KAFKA_TRANSACTIONAL_ID)"
         )
-    if err.fatal():
+    if err.fatal() or code == KafkaError._FATAL:
         raise KafkaDeliveryError(
             f"{what}: fatal Kafka transaction error for transactional.id {txn_id!r}:"
             f" {err.str()}. The run stops; resume with the recovery directory"
@@ -123,8 +123,12 @@ class _TransactionalPartition(StatefulSinkPartition[Output, None]):
         self._input, self._predictions, self._dead_letters = topics
         self._partition = partition
         self._txn_id = txn_id
-        self._patience = float(producer_config.get("message.timeout.ms", 300_000)) / 1000
-        config = {**producer_config, "transactional.id": txn_id}
+        # librdkafka caps a transactional producer's message.timeout.ms at
+        # transaction.timeout.ms (60 s by default): how long the brokers may be gone.
+        self._patience = float(producer_config.get("transaction.timeout.ms", 60_000)) / 1000
+        #: The fatal error librdkafka reported (a later call only says "Local: Fatal error").
+        self._fatal: KafkaError | None = None
+        config = {**producer_config, "transactional.id": txn_id, "error_cb": self._on_error}
         try:
             self._producer = Producer(config)
             self._reader = Consumer(
@@ -147,6 +151,20 @@ class _TransactionalPartition(StatefulSinkPartition[Output, None]):
         self._seen = dict(self.fence.offsets)
         self._pending: list[_Message] = []
         self._open = False
+        #: Set once a call raised: Bytewax closes sinks while unwinding that error, and a
+        #: second error there would abort the process instead of reporting the first.
+        self._broken = False
+
+    def _on_error(self, err: KafkaError) -> None:
+        if err.fatal() and self._fatal is None:
+            self._fatal = err
+
+    def _check(self, err: KafkaError, what: str) -> None:
+        if err.code() == KafkaError._FATAL and self._fatal is not None:
+            err = self._fatal
+        if err.fatal() or err.code() == KafkaError._FATAL:
+            self._reader.close()  # nothing more is read or written by this process
+        _classify(err, what, self._txn_id)
 
     def _committed(self) -> Progress:
         tp = TopicPartition(self._input, self._partition)
@@ -163,7 +181,7 @@ class _TransactionalPartition(StatefulSinkPartition[Output, None]):
                 return call()
             except KafkaException as exc:
                 err: KafkaError = exc.args[0]
-                _classify(err, what, self._txn_id)
+                self._check(err, what)
                 if err.txn_requires_abort():
                     raise
                 if not err.retriable():
@@ -174,7 +192,7 @@ class _TransactionalPartition(StatefulSinkPartition[Output, None]):
                 if time.monotonic() > deadline:
                     raise KafkaBrokersGone(
                         f"{what} for transactional.id {self._txn_id!r} failed for"
-                        f" {self._patience:.0f} s (message.timeout.ms): {err.str()}. Fix: bring"
+                        f" {self._patience:.0f} s (transaction.timeout.ms): {err.str()}. Fix: bring"
                         " the brokers back (check KAFKA_BOOTSTRAP_SERVERS), then restart: the job"
                         " resumes from its last snapshot and writes each output once"
                     ) from exc
@@ -189,7 +207,7 @@ class _TransactionalPartition(StatefulSinkPartition[Output, None]):
             except BufferError:
                 self._producer.poll(0.05)
             except KafkaException as exc:
-                _classify(exc.args[0], "producing", self._txn_id)
+                self._check(exc.args[0], "producing")
                 raise KafkaDeliveryError(
                     f"a message to {topic!r} was refused: {exc.args[0].str()}; the run stops"
                 ) from exc
@@ -200,6 +218,11 @@ class _TransactionalPartition(StatefulSinkPartition[Output, None]):
             self._open = True
 
     def write_batch(self, values: list[Output]) -> None:
+        self._broken = True
+        self._write(values)
+        self._broken = False
+
+    def _write(self, values: list[Output]) -> None:
         self._begin()
         fence, seen, pending = self.fence, self._seen, self._pending
         for value in values:
@@ -259,11 +282,16 @@ class _TransactionalPartition(StatefulSinkPartition[Output, None]):
         self._producer.commit_transaction(30)
 
     def snapshot(self) -> None:
+        self._broken = True
         self.commit()
+        self._broken = False
 
     def close(self) -> None:
+        if self._broken:
+            return  # already raised; the transaction left open is aborted by the next run
         self.commit()
         self._reader.close()
+        self._producer.flush(5)
 
 
 class KafkaTransactionalSink(FixedPartitionedSink[Output, None]):
