@@ -238,10 +238,8 @@ def test_a_stale_process_is_fenced_and_writes_nothing_visible(
     _, err = old.communicate(timeout=120)
     ours = [ln for ln in err.decode().splitlines() if not ln.startswith("%")]  # librdkafka's log
     lines = [ln for ln in ours if ln.startswith("error:")]
-    # It stops non-zero. Known gap: the error line names the fencing only when librdkafka
-    # has reported the cause first; it may also end without one line (Bytewax aborts).
     assert old.returncode not in (0, -signal.SIGKILL), "\n".join(ours)[-3000:]
-    assert len(lines) <= 1, lines
+    assert len(lines) == 1 and "KafkaFenced" in lines[0], ("\n".join(ours)[-3000:], old.returncode)
     assert_exactly_once(read(topics.bootstrap, topics.outputs("stale")), twin)
 
 

@@ -126,9 +126,7 @@ class _TransactionalPartition(StatefulSinkPartition[Output, None]):
         # librdkafka caps a transactional producer's message.timeout.ms at
         # transaction.timeout.ms (60 s by default): how long the brokers may be gone.
         self._patience = float(producer_config.get("transaction.timeout.ms", 60_000)) / 1000
-        #: The fatal error librdkafka reported (a later call only says "Local: Fatal error").
-        self._fatal: KafkaError | None = None
-        config = {**producer_config, "transactional.id": txn_id, "error_cb": self._on_error}
+        config = {**producer_config, "transactional.id": txn_id}
         try:
             self._producer = Producer(config)
             self._reader = Consumer(
@@ -155,13 +153,14 @@ class _TransactionalPartition(StatefulSinkPartition[Output, None]):
         #: second error there would abort the process instead of reporting the first.
         self._broken = False
 
-    def _on_error(self, err: KafkaError) -> None:
-        if err.fatal() and self._fatal is None:
-            self._fatal = err
-
     def _check(self, err: KafkaError, what: str) -> None:
-        if err.code() == KafkaError._FATAL and self._fatal is not None:
-            err = self._fatal
+        """Raise for a fatal `err` (naming its cause), else return."""
+        if err.code() == KafkaError._FATAL:
+            # produce() only says "Local: Fatal error"; the transactional API gives the cause.
+            try:
+                self._producer.abort_transaction(1)
+            except KafkaException as exc:
+                err = exc.args[0]
         if err.fatal() or err.code() == KafkaError._FATAL:
             self._reader.close()  # nothing more is read or written by this process
         _classify(err, what, self._txn_id)
