@@ -396,9 +396,21 @@ def _kafka_env(
 
 
 def run_kafka(
-    cfg: BenchConfig, name: str, workdir: Path, broker: Broker, *, events: int, processes: int = 1
+    cfg: BenchConfig,
+    name: str,
+    workdir: Path,
+    broker: Broker,
+    *,
+    events: int,
+    processes: int = 1,
+    extra_env: dict[str, str] | None = None,
 ) -> Result:
-    """Produce `events` generated events, run the job on them through Kafka, measure it."""
+    """Produce `events` generated events, run the job on them through Kafka, measure it.
+
+    `extra_env` adds settings; with FRAUD_RECOVERY_DIR among them the job runs as
+    `python -m bytewax_fraud` (which applies the recovery settings), with its
+    directory made under this variant's own.
+    """
     d = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=workdir))
     prefix = f"fraud-bench-{uuid.uuid4().hex[:8]}"
     t_in, t_pred, t_dl = (f"{prefix}-{t}" for t in ("transactions", "predictions", "dead-letters"))
@@ -413,7 +425,13 @@ def run_kafka(
     del msgs
 
     env = _kafka_env(cfg, broker, prefix, t_in, t_pred, t_dl, d)
+    env.update(extra_env or {})
     cmd = [sys.executable, "-m", "bytewax.run", "dataflows.fraud"]
+    if "FRAUD_RECOVERY_DIR" in env:
+        env["FRAUD_RECOVERY_DIR"] = str(d / env["FRAUD_RECOVERY_DIR"])
+        cmd = [sys.executable, "-m", "bytewax_fraud"]
+        # Process 0 creates the state with its recovery directory; the others wait for it.
+        shutil.rmtree(d / "state")
     procs = _start_processes(cmd, env, d, processes)
     deadline = time.monotonic() + _RUN_TIMEOUT_S
     codes = _wait(procs, deadline)
