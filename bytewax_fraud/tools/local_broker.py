@@ -16,6 +16,7 @@ import os
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -224,8 +225,8 @@ def apache_kafka(workdir: Path, heap_mb: int = 512) -> Iterator[Broker]:
         capture_output=True,
     )
     if fmt.returncode != 0:
-        tail = fmt.stderr.decode(errors="replace").strip().splitlines()[-1:]
-        raise BrokerUnavailable(f"formatting the Kafka log dir failed: {tail}; {INSTALL_HINT}")
+        said = [ln for ln in fmt.stderr.decode(errors="replace").splitlines() if ln[:1].strip()]
+        raise BrokerUnavailable(f"formatting the Kafka log dir failed: {said[-1:]}; {INSTALL_HINT}")
     port = props.read_text().split("PLAINTEXT://127.0.0.1:")[1].split(",")[0]
     node = _KafkaNode([*java, "kafka.Kafka", str(props)], log_path)
     broker = Broker(f"127.0.0.1:{port}", node.spawn(), node)
@@ -298,5 +299,6 @@ def any_broker(workdir: Path) -> Iterator[Broker]:
         wait_for_metadata(external)
         yield Broker(external)
         return
-    with apache_kafka(workdir) as broker:
+    workdir.mkdir(parents=True, exist_ok=True)
+    with apache_kafka(Path(tempfile.mkdtemp(prefix="kafka-", dir=workdir))) as broker:
         yield broker

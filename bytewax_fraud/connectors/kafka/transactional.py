@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -119,8 +120,10 @@ class _TransactionalPartition(StatefulSinkPartition[Output, None]):
         topics: tuple[str, str, str],
         partition: int,
         txn_id: str,
+        failed: threading.Event,
     ) -> None:
         self._input, self._predictions, self._dead_letters = topics
+        self._failed = failed
         self._partition = partition
         self._txn_id = txn_id
         # librdkafka caps a transactional producer's message.timeout.ms at
@@ -149,9 +152,6 @@ class _TransactionalPartition(StatefulSinkPartition[Output, None]):
         self._seen = dict(self.fence.offsets)
         self._pending: list[_Message] = []
         self._open = False
-        #: Set once a call raised: Bytewax closes sinks while unwinding that error, and a
-        #: second error there would abort the process instead of reporting the first.
-        self._broken = False
 
     def _check(self, err: KafkaError, what: str) -> None:
         """Raise for a fatal `err` (naming its cause), else return."""
@@ -217,9 +217,11 @@ class _TransactionalPartition(StatefulSinkPartition[Output, None]):
             self._open = True
 
     def write_batch(self, values: list[Output]) -> None:
-        self._broken = True
-        self._write(values)
-        self._broken = False
+        try:
+            self._write(values)
+        except BaseException:
+            self._failed.set()
+            raise
 
     def _write(self, values: list[Output]) -> None:
         self._begin()
@@ -281,14 +283,24 @@ class _TransactionalPartition(StatefulSinkPartition[Output, None]):
         self._producer.commit_transaction(30)
 
     def snapshot(self) -> None:
-        self._broken = True
-        self.commit()
-        self._broken = False
+        try:
+            self.commit()
+        except BaseException:
+            self._failed.set()
+            raise
 
     def close(self) -> None:
-        if self._broken:
-            return  # already raised; the transaction left open is aborted by the next run
-        self.commit()
+        # Bytewax closes every sink partition while unwinding an error, and a second error
+        # there aborts the process before the first is reported: once a partition of this
+        # process failed, the others (all fenced alike, say) commit nothing more. What they
+        # left open is aborted by the next run's init_transactions.
+        if self._failed.is_set():
+            return
+        try:
+            self.commit()
+        except BaseException:
+            self._failed.set()
+            raise
         self._reader.close()
         self._producer.flush(5)
 
@@ -322,6 +334,8 @@ class KafkaTransactionalSink(FixedPartitionedSink[Output, None]):
         self._producer_config = producer_config
         self._consumer_config = consumer_config
         self.txn_prefix = txn_prefix
+        #: Set once a partition of this process raised (see `_TransactionalPartition.close`).
+        self._failed = threading.Event()
 
     def list_parts(self) -> list[str]:
         return [part_name(p) for p in range(self.partitions)]
@@ -340,4 +354,5 @@ class KafkaTransactionalSink(FixedPartitionedSink[Output, None]):
             self.topics,
             p,
             f"{self.txn_prefix}-{p}",
+            self._failed,
         )
