@@ -37,6 +37,7 @@ from bytewax_fraud.control.reader import (
     kafka_reader,
     null_reader,
 )
+from bytewax_fraud.errors import SettingsError
 from bytewax_fraud.records import RawBatch
 from bytewax_fraud.settings import Settings
 
@@ -165,6 +166,11 @@ def make_outputs(s: Settings, fresh: bool) -> Outputs:
             KafkaDeadLetterSink(s.topic_dead_letters, producer),
             as_lines=False,
             exactly_once=exactly_once,
+        )
+    if s.kafka_delivery == "exactly-once":
+        raise SettingsError(
+            "FRAUD_KAFKA_DELIVERY=exactly-once needs Kafka output (set KAFKA_BOOTSTRAP_SERVERS);"
+            " the file and stdout outputs have no transactions: unset FRAUD_KAFKA_DELIVERY"
         )
     if s.outputs == "stdout":
         return Outputs(StdoutSink(), StdoutSink(), as_lines=True)

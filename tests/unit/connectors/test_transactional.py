@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 from confluent_kafka import TopicPartition
 
+from bytewax_fraud.connectors import make_outputs
 from bytewax_fraud.connectors.kafka.transactional import KafkaTransactionalSink, Progress
+from bytewax_fraud.errors import SettingsError
 from bytewax_fraud.partitioning import routing_key
+from bytewax_fraud.settings import load_settings
 
 
 def test_progress_round_trips_through_a_group_offset() -> None:
@@ -34,3 +40,9 @@ def test_each_state_partition_has_its_own_sink_partition_in_order() -> None:
     assert parts == sorted(parts)  # Bytewax indexes the sorted names
     for p in range(12):
         assert parts[sink.part_fn(routing_key(p))] == parts[p]
+
+
+def test_exactly_once_without_kafka_fails_at_start_naming_the_fix(tmp_path: Path) -> None:
+    s = load_settings(kafka_delivery="exactly-once", output_dir=tmp_path)
+    with pytest.raises(SettingsError, match="needs Kafka output .* unset FRAUD_KAFKA_DELIVERY"):
+        make_outputs(s, fresh=True)
