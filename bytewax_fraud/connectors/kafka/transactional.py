@@ -226,27 +226,40 @@ class _TransactionalPartition(StatefulSinkPartition[Output, None]):
     def _write(self, values: list[Output]) -> None:
         self._begin()
         fence, seen, pending = self.fence, self._seen, self._pending
+        produce, topic = self._producer.produce, self._predictions
         for value in values:
             if isinstance(value, ScoredBatch):
                 source = self._input
                 offsets = value.offsets.tolist()
-                top = offsets[-1] if offsets else -1
-                if fence.covers(source, top) and offsets:
-                    continue  # a replay of what was committed
-                for user, line, off in zip(value.user_ids, value.lines, offsets, strict=True):
-                    if fence.covers(source, off):
-                        continue
-                    msg: _Message = (self._predictions, user.encode(), line, None)
-                    pending.append(msg)
-                    self._produce(msg)
-                if offsets:
-                    seen[source] = max(seen.get(source, -1), max(offsets))
+                if not offsets or fence.covers(source, offsets[-1]):
+                    continue  # nothing, or a replay of what was committed
+                start = len(pending)
+                if fence.covers(source, offsets[0]):  # the first batch after a resume
+                    pending += [
+                        (topic, user.encode(), line, None)
+                        for user, line, off in zip(
+                            value.user_ids, value.lines, offsets, strict=True
+                        )
+                        if not fence.covers(source, off)
+                    ]
+                else:
+                    pending += [
+                        (topic, user.encode(), line, None)
+                        for user, line in zip(value.user_ids, value.lines, strict=True)
+                    ]
+                for i in range(start, len(pending)):
+                    _, key, line, _ = pending[i]
+                    try:
+                        produce(topic, line, key)
+                    except (BufferError, KafkaException):  # queue full, or one bad message
+                        self._produce(pending[i])
+                seen[source] = max(seen.get(source, -1), offsets[-1])
             else:
                 o = value.origin
                 if fence.covers(o.source, o.offset):
                     continue
                 key, raw, headers = dead_letter_message(value)
-                msg = (self._dead_letters, key, raw, headers)
+                msg: _Message = (self._dead_letters, key, raw, headers)
                 pending.append(msg)
                 self._produce(msg)
                 seen[o.source] = max(seen.get(o.source, -1), o.offset)
@@ -259,7 +272,7 @@ class _TransactionalPartition(StatefulSinkPartition[Output, None]):
         progress = Progress(dict(self._seen))
         while True:
             try:
-                self._retrying("committing", lambda: self._send_and_commit(progress))
+                self._send_and_commit(progress)
                 break
             except KafkaException as exc:
                 err: KafkaError = exc.args[0]
@@ -275,12 +288,15 @@ class _TransactionalPartition(StatefulSinkPartition[Output, None]):
         self.fence = progress
 
     def _send_and_commit(self, progress: Progress) -> None:
-        self._producer.send_offsets_to_transaction(
-            [progress.to_offset(self._input, self._partition)],
-            self._reader.consumer_group_metadata(),
-            30,
+        offsets = [progress.to_offset(self._input, self._partition)]
+        group = self._reader.consumer_group_metadata()
+        # Each step is retried on its own: a commit that timed out may be retried, but the
+        # offsets must not be sent twice.
+        self._retrying(
+            "sending the progress",
+            lambda: self._producer.send_offsets_to_transaction(offsets, group, 30),
         )
-        self._producer.commit_transaction(30)
+        self._retrying("committing", lambda: self._producer.commit_transaction(30))
 
     def snapshot(self) -> None:
         try:
