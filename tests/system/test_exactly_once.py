@@ -44,10 +44,10 @@ KILLER = ROOT / "tests" / "system" / "eos_kill_points.py"
 pytestmark = pytest.mark.kafka
 
 
-def inputs() -> list[tuple[bytes | None, bytes]]:
+def inputs(events: int = EVENTS) -> list[tuple[bytes | None, bytes]]:
     """The generated events with a malformed message (same key) after every BAD_EVERY-th."""
     out: list[tuple[bytes | None, bytes]] = []
-    for i, (key, value) in enumerate(generated(USERS, SEED, EVENTS)):
+    for i, (key, value) in enumerate(generated(USERS, SEED, events)):
         out.append((key, value))
         if i % BAD_EVERY == 0:
             out.append((key, b"{not json " + str(i).encode()))
@@ -118,7 +118,7 @@ def read(bootstrap: str, topics: tuple[str, str], committed: bool = True) -> Out
 
 def assert_exactly_once(got: Outputs, twin: Outputs) -> None:
     assert got.seen_twice == 0, f"{got.seen_twice} transaction ids seen twice"
-    assert len(got.predictions) == EVENTS
+    assert len(got.predictions) == len(twin.predictions)
     assert got.predictions == twin.predictions
     assert max(got.dead_letters.values()) == 1, "a dead letter seen twice"
     assert got.dead_letters == twin.dead_letters
@@ -157,28 +157,64 @@ def wait_for_commits(bootstrap: str, topic: str, p: subprocess.Popen[bytes], lea
         time.sleep(0.1)
 
 
-@pytest.fixture(scope="module")
-def topics(kafka_broker: Broker) -> Topics:
-    t = Topics(kafka_broker.bootstrap_servers, f"eos-{uuid.uuid4().hex[:8]}")
+def input_topics(bootstrap: str, events: int) -> Topics:
+    """A fresh input topic holding `inputs(events)`."""
+    t = Topics(bootstrap, f"eos-{uuid.uuid4().hex[:8]}")
     admin = admin_client({"bootstrap.servers": t.bootstrap})
     create_job_topics(
         admin, PARTITIONS, t.transactions, f"{t.prefix}-p", f"{t.prefix}-d", 8 * 1024 * 1024
     )
     config = kafka_connection(load_settings(kafka_bootstrap_servers=t.bootstrap)).producer()
-    msgs = inputs()
+    msgs = inputs(events)
     assert produce(config, t.transactions, PARTITIONS, msgs).delivered == len(msgs)
     return t
 
 
+def twin_of(topics: Topics, events: int, root: Path) -> Outputs:
+    """The clean twin: one uninterrupted exactly-once run over the topics' input."""
+    run_to_end(JobDirs(root), topics.env("twin"))
+    out = read(topics.bootstrap, topics.outputs("twin"))
+    assert out.seen_twice == 0 and len(out.predictions) == events
+    assert sum(out.dead_letters.values()) == len(range(0, events, BAD_EVERY))
+    return out
+
+
+def kill_and_resume(
+    topics: Topics,
+    dirs: JobDirs,
+    env: dict[str, Any],
+    injected: list[tuple[str, int]],
+    random_kills: int,
+    seed: int,
+) -> int:
+    """Kill at the injected points, then `random_kills` times at random; finish. Random hits."""
+    for point, at in injected:
+        p = start_killer(dirs, env, point, at)
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == -signal.SIGKILL, f"{point} did not kill: {err.decode()[-2000:]}"
+    rng = random.Random(seed)
+    hits = 0
+    preds = env["FRAUD_TOPIC_PREDICTIONS"]
+    for _ in range(random_kills):
+        p = start(dirs, [], **env)
+        wait_for_commits(topics.bootstrap, preds, p, 1)
+        time.sleep(rng.uniform(0.2, 2.0))
+        if p.poll() is None:
+            p.send_signal(signal.SIGKILL)
+            hits += 1
+        p.communicate(timeout=60)
+    run_to_end(dirs, env)
+    return hits
+
+
+@pytest.fixture(scope="module")
+def topics(kafka_broker: Broker) -> Topics:
+    return input_topics(kafka_broker.bootstrap_servers, EVENTS)
+
+
 @pytest.fixture(scope="module")
 def twin(topics: Topics, tmp_path_factory: pytest.TempPathFactory) -> Outputs:
-    """The clean twin: one uninterrupted exactly-once run."""
-    env = topics.env("twin")
-    run_to_end(JobDirs(tmp_path_factory.mktemp("twin")), env)
-    out = read(topics.bootstrap, topics.outputs("twin"))
-    assert out.seen_twice == 0 and len(out.predictions) == EVENTS
-    assert sum(out.dead_letters.values()) == len(range(0, EVENTS, BAD_EVERY))
-    return out
+    return twin_of(topics, EVENTS, tmp_path_factory.mktemp("twin"))
 
 
 def test_kills_at_injected_points_and_at_random_write_everything_once(
@@ -186,23 +222,8 @@ def test_kills_at_injected_points_and_at_random_write_everything_once(
 ) -> None:
     """Two kills between produce and commit, one between commit and snapshot, three at random."""
     env = topics.env("kills")
-    dirs = JobDirs(tmp_path)
     injected = [("before-commit", 3), ("after-commit", 4), ("before-commit", 6)]
-    for point, at in injected:
-        p = start_killer(dirs, env, point, at)
-        _, err = p.communicate(timeout=300)
-        assert p.returncode == -signal.SIGKILL, f"{point} did not kill: {err.decode()[-2000:]}"
-    rng = random.Random(SEED)
-    hits = 0
-    for _ in range(3):
-        p = start(dirs, [], **env)
-        wait_for_commits(topics.bootstrap, topics.outputs("kills")[0], p, 1)
-        time.sleep(rng.uniform(0.2, 2.0))
-        if p.poll() is None:
-            p.send_signal(signal.SIGKILL)
-            hits += 1
-        p.communicate(timeout=60)
-    run_to_end(dirs, env)
+    hits = kill_and_resume(topics, JobDirs(tmp_path), env, injected, 3, SEED)
     got = read(topics.bootstrap, topics.outputs("kills"))
     assert_exactly_once(got, twin)
     # The transactions the kills left open were aborted: a read_uncommitted reader sees
@@ -286,3 +307,19 @@ def test_broker_restart_mid_run_writes_everything_once(
         run_to_end(dirs, env)
     assert_exactly_once(read(topics.bootstrap, topics.outputs("restart")), twin)
     print(f"\nbroker restart: the job {'waited' if p.returncode == 0 else 'stopped, resumed'}")
+
+
+@pytest.mark.slow
+def test_soak_kills_in_200k_events_write_everything_once(
+    kafka_broker: Broker, tmp_path: Path
+) -> None:
+    """Two injected and six random kills over 200k events (and 400 dead letters)."""
+    events = 200_000
+    soak = input_topics(kafka_broker.bootstrap_servers, events)
+    twin = twin_of(soak, events, tmp_path / "twin")
+    env = soak.env("soak")
+    injected = [("before-commit", 5), ("after-commit", 9)]
+    hits = kill_and_resume(soak, JobDirs(tmp_path / "soak"), env, injected, 6, SEED + 1)
+    assert hits >= 4
+    assert_exactly_once(read(soak.bootstrap, soak.outputs("soak")), twin)
+    print(f"\nsoak: 2 injected + {hits}/6 random kills in {events:,} events")
