@@ -18,7 +18,7 @@ progress back and skips the replayed outputs at or below it; the outbox
 
 Produce is asynchronous; delivery is awaited only by `commit_transaction`.
 Errors, by librdkafka's classes: retriable, the call is made again (until the
-brokers have been gone for `message.timeout.ms`); `txn_requires_abort`, the
+brokers have been gone for `transaction.timeout.ms`); `txn_requires_abort`, the
 transaction is aborted and its messages are produced again in a new one;
 fatal (fenced included), the run stops with one line and writes nothing more.
 """
