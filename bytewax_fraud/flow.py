@@ -99,6 +99,10 @@ def _count_dead_letter(_step_id: str, dead: DeadLetter) -> None:
     STATS.record_dead_letters([dead.error_class])
 
 
+def _dead_letter_route(dead: DeadLetter) -> str:
+    return routing_key(dead.origin.partition)
+
+
 def _prediction_blob(item: tuple[str, ScoredBatch]) -> tuple[str, bytes]:
     return ("predictions", b"\n".join(item[1].lines) + b"\n")
 
@@ -148,6 +152,13 @@ def build_flow(
     dead: Stream[Any] = op.merge("all_dead_letters", split.falses, rejected)
     op.inspect("count_dead_letters", dead, _count_dead_letter)
     predictions: Stream[Any] = results.trues
+    if outputs.exactly_once is not None:
+        # One transaction per state partition holds both outputs: dead letters are keyed
+        # by the partition they came from, as predictions are.
+        keyed_dead = op.key_on("key_dead_letters", dead, _dead_letter_route)
+        both = op.merge("all_outputs", predictions, keyed_dead)
+        op.output("outputs_exactly_once", both, outputs.exactly_once)
+        return flow
     if outputs.as_lines:
         predictions = op.map("format_predictions", predictions, _prediction_blob)
         dead = op.map("format_dead_letters", dead, _dead_letter_line)

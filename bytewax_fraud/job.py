@@ -140,7 +140,9 @@ def build_job(
         progress=progress,
         label_field=s.label_field,
     )
-    epoch = timedelta(seconds=s.snapshot_interval if recovery else 10.0)
+    # Exactly-once output commits at each epoch's end, so its epochs keep the snapshot cadence.
+    eos = s.kafka_bootstrap_servers and s.kafka_delivery == "exactly-once"
+    epoch = timedelta(seconds=s.snapshot_interval if recovery or eos else 10.0)
     return Job(flow, recovery, epoch, progress)
 
 

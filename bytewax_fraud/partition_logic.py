@@ -192,6 +192,14 @@ class PartitionLogic(StatefulBatchLogic[PartitionBatch, Outbound, dict[str, Any]
         if not events:
             return []
         batch = EventBatch.concat(events)
+        first = int(batch.offsets.min())
+        if first < self._seen:
+            # The input was rewound behind what this logic's resume state says it had seen.
+            # Bytewax can resume a logic from a snapshot row left by a run that crashed while
+            # its epoch was being snapshotted, newer than the input's: keep every mark at or
+            # below where the input really is, so no outbox entry it replays is pruned.
+            self._seen = first
+            self._marks = [min(m, first) for m in self._marks]
         self._seen = max(self._seen, int(batch.offsets.max()) + 1)
         cache = scorer.cache
         hits, misses = cache.hits, cache.misses

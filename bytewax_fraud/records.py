@@ -468,3 +468,5 @@ class ScoredBatch:
     late_accepted: int = 0
     #: Model calls that took users' runs of more than one event (the sequence path).
     sequence_calls: int = 0
+    #: The input offset of each line (what an exactly-once sink fences replays by).
+    offsets: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))

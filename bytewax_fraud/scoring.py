@@ -223,6 +223,7 @@ class PartitionScorer:
             late_accepted=applied.late_accepted,
             sequence_calls=applied.sequence_calls,
             scores={model.label: prob[fate == APPLIED] if replayed or late else prob},
+            offsets=batch.offsets,
             score_labels={
                 model.label: batch.labels[fate == APPLIED] if replayed or late else batch.labels
             },
@@ -239,6 +240,7 @@ class PartitionScorer:
             probabilities=prob[kept],
             labels=batch.labels[kept],
             dead_letters=dead,
+            offsets=batch.offsets[kept],
         )
 
     def _shape(self, model: LoadedModel) -> BatchShape:
@@ -365,6 +367,7 @@ def _concat(parts: list[ScoredBatch]) -> ScoredBatch:
         sequence_calls=sum(p.sequence_calls for p in parts),
         scores=_merge_scores(parts),
         score_labels=_merge_scores(parts, "score_labels"),
+        offsets=np.concatenate([p.offsets for p in parts]),
     )
 
 
@@ -395,6 +398,7 @@ def _interleave(parts: list[tuple[np.ndarray, ScoredBatch]]) -> ScoredBatch:
         sequence_calls=sum(p.sequence_calls for _, p in parts),
         scores=_merge_scores([p for _, p in parts]),
         score_labels=_merge_scores([p for _, p in parts], "score_labels"),
+        offsets=np.concatenate([p.offsets for _, p in parts])[order],
     )
 
 

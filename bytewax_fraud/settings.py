@@ -225,6 +225,21 @@ class Settings(BaseSettings):
     kafka_max_message_bytes: int = Field(
         8 * 1024 * 1024, ge=1024, description="largest Kafka message read or written, in bytes"
     )
+    kafka_delivery: Literal["exactly-once", "at-least-once"] = Field(
+        "at-least-once",
+        description=(
+            "exactly-once: each state partition writes in Kafka transactions, committed at each"
+            " snapshot (FRAUD_SNAPSHOT_INTERVAL; needs FRAUD_RECOVERY_DIR), read them with"
+            " isolation.level=read_committed; at-least-once: a crash may write outputs again"
+        ),
+    )
+    kafka_transactional_id: str | None = Field(
+        None,
+        description=(
+            "exactly-once: prefix of the transactional.id (+ '-<partition>') and the consumer"
+            " group holding the committed progress (default: bytewax-fraud-<predictions topic>)"
+        ),
+    )
 
     @field_validator("kafka_config_file")
     @classmethod

@@ -30,6 +30,7 @@ from bytewax_fraud.connectors.kafka import (
 )
 from bytewax_fraud.connectors.kafka.admin import admin_client, check_topics, partition_count
 from bytewax_fraud.connectors.kafka.continuity import check_topic_identity, topic_id
+from bytewax_fraud.connectors.kafka.transactional import KafkaTransactionalSink
 from bytewax_fraud.control.commands import ControlMessage
 from bytewax_fraud.control.reader import (
     ControlReader,
@@ -158,16 +159,35 @@ class Outputs:
     predictions: Sink[Any]
     dead_letters: Sink[Any]
     as_lines: bool
+    #: When set, both outputs go to this one sink instead, as `(routing key, item)`:
+    #: Kafka transactions per state partition (FRAUD_KAFKA_DELIVERY=exactly-once).
+    exactly_once: Sink[Any] | None = None
 
 
 def make_outputs(s: Settings, fresh: bool) -> Outputs:
     """The sinks of this run; a fresh run truncates the files, a resumed one keeps them."""
     if s.kafka_bootstrap_servers:
-        producer = kafka_connection(s).producer()
+        conn = kafka_connection(s)
+        producer = conn.producer()
+        exactly_once = None
+        if s.kafka_delivery == "exactly-once":
+            exactly_once = KafkaTransactionalSink(
+                s.partitions,
+                (s.topic_transactions, s.topic_predictions, s.topic_dead_letters),
+                producer,
+                conn.consumer(s.start),
+                s.kafka_transactional_id or f"bytewax-fraud-{s.topic_predictions}",
+            )
         return Outputs(
             KafkaPredictionSink(s.topic_predictions, producer),
             KafkaDeadLetterSink(s.topic_dead_letters, producer),
             as_lines=False,
+            exactly_once=exactly_once,
+        )
+    if s.kafka_delivery == "exactly-once":
+        raise SettingsError(
+            "FRAUD_KAFKA_DELIVERY=exactly-once needs Kafka output (set KAFKA_BOOTSTRAP_SERVERS);"
+            " the file and stdout outputs have no transactions: unset FRAUD_KAFKA_DELIVERY"
         )
     if s.outputs == "stdout":
         return Outputs(StdoutSink(), StdoutSink(), as_lines=True)

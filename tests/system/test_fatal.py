@@ -1,7 +1,7 @@
 """Fatal storage and broker errors: one line naming the cause and the fix, a non-zero exit.
 
 Real faults, no mocks: the state (or output) directory on a small tmpfs that a
-filler file fills while the job runs, and a tansu broker paused (SIGSTOP) past a
+filler file fills while the job runs, and the Kafka broker paused (SIGSTOP) past a
 short `message.timeout.ms`. After the cause is fixed, the resumed run must equal
 a clean run, prediction for prediction and record for record.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kafka_broker import Broker, tansu_broker
+from kafka_broker import Broker
 from recovery_harness import ROOT, JobDirs, live_records, predictions, run, start
 
 from bytewax_fraud.connectors import kafka_connection
@@ -251,12 +250,11 @@ def _produced(bootstrap: str, topic: str) -> int:
 
 
 @pytest.fixture
-def own_broker(tmp_path: Path) -> Iterator[Broker]:
-    """A broker of this test alone: pausing it must not disturb the session's broker."""
-    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
-        pytest.skip("pauses its own tansu broker; KAFKA_BOOTSTRAP_SERVERS names an external one")
-    with tansu_broker(tmp_path / "tansu.log") as broker:
-        yield broker
+def own_broker(kafka_broker: Broker) -> Iterator[Broker]:
+    """The session's broker, paused by the test (and resumed by it before the next test)."""
+    if kafka_broker.process is None:
+        pytest.skip("pauses the session's broker; KAFKA_BOOTSTRAP_SERVERS names an external one")
+    yield kafka_broker
 
 
 @pytest.mark.kafka

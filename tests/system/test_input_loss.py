@@ -1,10 +1,9 @@
 """Input that vanished under the job: a named error (or, if asked, a counted skip), never silence.
 
-Against the real broker: tansu keeps every record (no retention, no
-DeleteRecords), so the tests there delete and re-create the input topic, which
-is what an operator's "reset" of a topic does. The retention case (offset below
-the earliest one) runs where the broker supports DeleteRecords, and its
-decision logic is checked directly below.
+Against the real broker (Apache Kafka): some tests delete and re-create the
+input topic, which is what an operator's "reset" of a topic does; the retention
+case (offset below the earliest one) deletes records with DeleteRecords, as
+retention would. Its decision logic is also checked directly below.
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import KafkaException, TopicPartition
+from confluent_kafka import TopicPartition
 from kafka_broker import Broker
 from recovery_harness import JobDirs, start
 
@@ -170,10 +169,7 @@ def test_retention_gap_fails_or_is_skipped_and_counted(
     low, high = c.get_watermark_offsets(tp, 10)
     c.close()
     cut = high - 100
-    try:
-        admin.delete_records([TopicPartition(tp.topic, 0, cut)])[tp].result(30)  # type: ignore[index]
-    except (KafkaException, AttributeError, NotImplementedError) as exc:
-        pytest.skip(f"this broker cannot delete records ({exc}); tansu keeps every record")
+    admin.delete_records([TopicPartition(tp.topic, 0, cut)])[tp].result(30)  # type: ignore[index]
     rc, err = _run(dirs, **_env(bootstrap, prefix))
     assert rc == 2 and "InputDataLost" in _one_error(err) and "partition 0" in err
     rc, err = _run(dirs, **_env(bootstrap, prefix, FRAUD_ON_DATA_LOSS="skip"))

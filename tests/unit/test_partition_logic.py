@@ -89,6 +89,43 @@ def test_snapshots_during_a_slow_replay_keep_what_the_next_replay_needs(
     third._scorer.store.close()
 
 
+def test_a_resume_state_ahead_of_the_input_prunes_nothing_the_replay_needs(
+    tmp_path: Path, gru: LoadedModel
+) -> None:
+    """Bytewax may resume a logic from a row newer than its input's (a run killed while its
+    epoch was being snapshotted): the input replays from below the logic's marks."""
+    ensure_manifest(tmp_path, 1, 10)
+    config = PartitionConfig(
+        state_dir=tmp_path,
+        model=gru,
+        window=10,
+        ttl_seconds=30 * 86400.0,
+        batch_max=1024,
+        sweep_interval=3600.0,
+        sweep_chunk=100,
+        restore_model=lambda ref: gru,
+        kept_marks=3,
+    )
+    batches = _batches(2000)
+    first = PartitionLogic(config, None)
+    _lines(first, batches[:10])  # the input's snapshot says 1000...
+    emitted = _lines(first, batches[10:])
+    ahead = first.snapshot()  # ...but the logic's row, from the crashed run, says 2000
+    assert first._scorer is not None
+    first._scorer.store.close()
+
+    second = PartitionLogic(config, {**ahead, "marks": [2000, 2000]})
+    replayed = _lines(second, batches[10:12])  # the replay starts at 1000
+    second.snapshot()  # three marks: the outbox is pruned below the oldest
+    assert second._marks[0] <= 1000
+    assert second._scorer is not None
+    kept = read_lines(second._scorer.store, list(range(1200, 2000)))
+    assert sorted(kept) == list(range(1200, 2000))
+    again = _lines(second, batches[12:])
+    assert replayed + again == emitted  # byte for byte, from the outbox
+    second._scorer.store.close()
+
+
 def test_disk_bytes_skip_a_file_deleted_between_listing_and_stat(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -128,8 +129,34 @@ def create_topic(
         if "TOPIC_ALREADY_EXISTS" in str(exc.args[0]):
             return False
         raise KafkaSetupError(f"cannot create topic {topic!r}: {exc.args[0]}") from exc
+    _wait_until_led(admin, topic, partitions, timeout)
     log.info("created topic %r with %d partitions", topic, partitions)
     return True
+
+
+def _wait_until_led(admin: AdminClient, topic: str, partitions: int, timeout: float) -> None:
+    """Wait until every partition of a new topic has a leader in the metadata a client reads.
+
+    Apache Kafka acknowledges a creation once the controller has it; the broker
+    that answers metadata requests learns of it a moment later, and a check made
+    in between would find the topic missing.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        md = cluster_metadata(admin, timeout).topics.get(topic)
+        if (
+            md is not None
+            and md.error is None
+            and len(md.partitions) == partitions
+            and all(p.leader >= 0 for p in md.partitions.values())
+        ):
+            return
+        if time.monotonic() > deadline:
+            raise KafkaSetupError(
+                f"topic {topic!r} was created but has no leader for every partition after"
+                f" {timeout:.0f} s: check the brokers' health"
+            )
+        time.sleep(0.05)
 
 
 def create_job_topics(

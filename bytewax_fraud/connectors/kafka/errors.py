@@ -23,3 +23,7 @@ class InputDataLost(KafkaConsumeError):
 
 class KafkaBrokersGone(KafkaDeliveryError):
     """The brokers did not acknowledge messages within librdkafka's delivery timeout."""
+
+
+class KafkaFenced(KafkaDeliveryError):
+    """Another process took over this partition's transactional.id; this one must stop."""

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from bytewax_fraud.tools.bench import _topic_rate, main, parse_args
-from bytewax_fraud.tools.local_broker import BrokerUnavailable, tansu_binary
+from bytewax_fraud.tools.local_broker import BrokerUnavailable, kafka_libs
 
 
 def broker_available() -> bool:
@@ -21,7 +21,7 @@ def broker_available() -> bool:
     if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
         return True
     try:
-        tansu_binary()
+        kafka_libs()
     except BrokerUnavailable:
         return False
     return True

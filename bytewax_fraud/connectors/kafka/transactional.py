@@ -1,0 +1,374 @@
+"""Predictions and dead letters written exactly once: Kafka transactions per state partition.
+
+Each state partition owns one producer with a stable `transactional.id`
+(`<prefix>-<partition>`), so the broker fences any other process that writes
+for the partition: a restarted, rescaled or stale one. A transaction holds
+everything the partition wrote since the last snapshot and commits when Bytewax
+snapshots it (at each epoch close, `FRAUD_SNAPSHOT_INTERVAL`). By then every
+output of every input event of the epoch has reached this sink, so "all the
+outputs of the partition's input offsets up to N" is a fact that can be
+committed: the same transaction commits it as the consumer-group offset N + 1 of
+the input partition (group `<prefix>`; other sources, such as the control topic,
+ride in that offset's metadata).
+
+librdkafka cannot resume a transaction a dead process left open:
+`init_transactions` aborts it. So at start a partition reads its committed
+progress back and skips the replayed outputs at or below it; the outbox
+(state/outbox.py) re-emits the rest byte for byte, and they are written again.
+
+Produce is asynchronous; delivery is awaited only by `commit_transaction`.
+Errors, by librdkafka's classes: retriable, the call is made again (until the
+brokers have been gone for `transaction.timeout.ms`); `txn_requires_abort`, the
+transaction is aborted and its messages are produced again in a new one;
+fatal (fenced included), the run stops with one line and writes nothing more.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+
+from bytewax_fraud.connectors.kafka.config import masked
+from bytewax_fraud.connectors.kafka.errors import (
+    KafkaBrokersGone,
+    KafkaDeliveryError,
+    KafkaFenced,
+    KafkaSetupError,
+)
+from bytewax_fraud.connectors.kafka.sinks import Headers, dead_letter_message
+from bytewax_fraud.records import DeadLetter, ScoredBatch
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: What the sink is given: a partition's scored batch or one of its dead letters.
+Output = ScoredBatch | DeadLetter
+_Message = tuple[str, bytes | None, bytes | None, Headers | None]
+
+
+def part_name(partition: int) -> str:
+    """The sink partition of a state partition (zero-padded: Bytewax orders them by name)."""
+    return f"{partition:05d}"
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What a partition's committed transactions cover: the largest input offset per source."""
+
+    offsets: dict[str, int]
+
+    def covers(self, source: str, offset: int) -> bool:
+        """Whether the output of this input was committed already (a replay must skip it)."""
+        return offset <= self.offsets.get(source, -1)
+
+    def to_offset(self, topic: str, partition: int) -> TopicPartition:
+        """As the consumer-group offset of the input partition (next offset, others in metadata)."""
+        others = {k: v for k, v in self.offsets.items() if k != topic}
+        nxt = self.offsets.get(topic, -1) + 1
+        return TopicPartition(topic, partition, nxt, metadata=json.dumps(others, sort_keys=True))
+
+    @classmethod
+    def from_offset(cls, committed: TopicPartition) -> Progress:
+        """Read back what `to_offset` committed (nothing committed: no progress)."""
+        offsets: dict[str, int] = {}
+        if committed.metadata:
+            offsets.update({str(k): int(v) for k, v in json.loads(committed.metadata).items()})
+        if committed.offset >= 0:
+            offsets[committed.topic] = committed.offset - 1
+        return cls(offsets)
+
+
+def _classify(err: KafkaError, what: str, txn_id: str) -> None:
+    """Raise the one-line error for a fatal or fenced `err`; return for the others."""
+    code = err.code()
+    fenced = code in (
+        KafkaError._FENCED,
+        KafkaError.PRODUCER_FENCED,
+        KafkaError.INVALID_PRODUCER_EPOCH,
+        KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+    )
+    if fenced or (err.fatal() and "fenced" in err.str().lower()):
+        raise KafkaFenced(
+            f"{what}: transactional.id {txn_id!r} was taken over by another process (a restarted,"
+            " rescaled or replacement job), so this one is fenced and stops; nothing it had not"
+            " committed is visible to read_committed consumers. Fix: make sure only one job runs"
+            " for these topics (FRAUD_KAFKA_TRANSACTIONAL_ID)"
+        )
+    if err.fatal() or code == KafkaError._FATAL:
+        raise KafkaDeliveryError(
+            f"{what}: fatal Kafka transaction error for transactional.id {txn_id!r}:"
+            f" {err.str()}. The run stops; resume with the recovery directory"
+        )
+
+
+class _TransactionalPartition(StatefulSinkPartition[Output, None]):
+    """One state partition's producer: produce in a transaction, commit at each snapshot."""
+
+    def __init__(
+        self,
+        producer_config: dict[str, Any],
+        consumer_config: dict[str, Any],
+        topics: tuple[str, str, str],
+        partition: int,
+        txn_id: str,
+        failed: threading.Event,
+    ) -> None:
+        self._input, self._predictions, self._dead_letters = topics
+        self._failed = failed
+        self._partition = partition
+        self._txn_id = txn_id
+        # librdkafka caps a transactional producer's message.timeout.ms at
+        # transaction.timeout.ms (60 s by default): how long the brokers may be gone.
+        self._patience = float(producer_config.get("transaction.timeout.ms", 60_000)) / 1000
+        config = {**producer_config, "transactional.id": txn_id}
+        try:
+            self._producer = Producer(config)
+            self._reader = Consumer(
+                {
+                    **consumer_config,
+                    "group.id": txn_id.rsplit("-", 1)[0],
+                    "isolation.level": "read_committed",
+                    "enable.auto.commit": False,
+                }
+            )
+        except KafkaException as exc:
+            raise KafkaSetupError(
+                f"invalid Kafka producer configuration {masked(config)}: {exc.args[0]};"
+                " fix FRAUD_KAFKA_PROPERTIES or FRAUD_KAFKA_CONFIG_FILE"
+            ) from exc
+        # Fences every earlier producer of this id and aborts what it left open; only then
+        # is the committed progress final.
+        self._retrying("starting the transactions", lambda: self._producer.init_transactions(30))
+        self.fence = self._committed()
+        self._seen = dict(self.fence.offsets)
+        self._pending: list[_Message] = []
+        self._open = False
+
+    def _check(self, err: KafkaError, what: str) -> None:
+        """Raise for a fatal `err` (naming its cause), else return."""
+        if err.code() == KafkaError._FATAL:
+            # produce() only says "Local: Fatal error"; the transactional API gives the cause.
+            try:
+                self._producer.abort_transaction(1)
+            except KafkaException as exc:
+                err = exc.args[0]
+        if err.fatal() or err.code() == KafkaError._FATAL:
+            self._reader.close()  # nothing more is read or written by this process
+        _classify(err, what, self._txn_id)
+
+    def _committed(self) -> Progress:
+        tp = TopicPartition(self._input, self._partition)
+        (got,) = self._retrying(
+            "reading the committed progress", lambda: self._reader.committed([tp], 30)
+        )
+        return Progress.from_offset(got)
+
+    def _retrying(self, what: str, call: Callable[[], T]) -> T:
+        """Make `call` until it succeeds; retriable errors are retried while brokers may return."""
+        deadline = time.monotonic() + self._patience
+        while True:
+            try:
+                return call()
+            except KafkaException as exc:
+                err: KafkaError = exc.args[0]
+                self._check(err, what)
+                if err.txn_requires_abort():
+                    raise
+                if not err.retriable():
+                    raise KafkaDeliveryError(
+                        f"{what} for transactional.id {self._txn_id!r} failed: {err.str()}."
+                        " The run stops; fix the cause, then resume with the recovery directory"
+                    ) from exc
+                if time.monotonic() > deadline:
+                    raise KafkaBrokersGone(
+                        f"{what} for transactional.id {self._txn_id!r} failed for"
+                        f" {self._patience:.0f} s (transaction.timeout.ms): {err.str()}. Fix: bring"
+                        " the brokers back (check KAFKA_BOOTSTRAP_SERVERS), then restart: the job"
+                        " resumes from its last snapshot and writes each output once"
+                    ) from exc
+                time.sleep(0.2)
+
+    def _produce(self, msg: _Message) -> None:
+        topic, key, value, headers = msg
+        while True:
+            try:
+                self._producer.produce(topic, value, key, headers=headers)
+                return
+            except BufferError:
+                self._producer.poll(0.05)
+            except KafkaException as exc:
+                self._check(exc.args[0], "producing")
+                raise KafkaDeliveryError(
+                    f"a message to {topic!r} was refused: {exc.args[0].str()}; the run stops"
+                ) from exc
+
+    def _begin(self) -> None:
+        if not self._open:
+            self._retrying("beginning a transaction", self._producer.begin_transaction)
+            self._open = True
+
+    def write_batch(self, values: list[Output]) -> None:
+        try:
+            self._write(values)
+        except BaseException:
+            self._failed.set()
+            raise
+
+    def _write(self, values: list[Output]) -> None:
+        self._begin()
+        fence, seen, pending = self.fence, self._seen, self._pending
+        produce, topic = self._producer.produce, self._predictions
+        for value in values:
+            if isinstance(value, ScoredBatch):
+                source = self._input
+                offsets = value.offsets.tolist()
+                if not offsets or fence.covers(source, offsets[-1]):
+                    continue  # nothing, or a replay of what was committed
+                start = len(pending)
+                if fence.covers(source, offsets[0]):  # the first batch after a resume
+                    pending += [
+                        (topic, user.encode(), line, None)
+                        for user, line, off in zip(
+                            value.user_ids, value.lines, offsets, strict=True
+                        )
+                        if not fence.covers(source, off)
+                    ]
+                else:
+                    pending += [
+                        (topic, user.encode(), line, None)
+                        for user, line in zip(value.user_ids, value.lines, strict=True)
+                    ]
+                for i in range(start, len(pending)):
+                    _, key, line, _ = pending[i]
+                    try:
+                        produce(topic, line, key)
+                    except (BufferError, KafkaException):  # queue full, or one bad message
+                        self._produce(pending[i])
+                seen[source] = max(seen.get(source, -1), offsets[-1])
+            else:
+                o = value.origin
+                if fence.covers(o.source, o.offset):
+                    continue
+                key, raw, headers = dead_letter_message(value)
+                msg: _Message = (self._dead_letters, key, raw, headers)
+                pending.append(msg)
+                self._produce(msg)
+                seen[o.source] = max(seen.get(o.source, -1), o.offset)
+        self._producer.poll(0)
+
+    def commit(self) -> None:
+        """Commit what was produced since the last commit, with the progress it covers."""
+        if not self._open:
+            return
+        progress = Progress(dict(self._seen))
+        while True:
+            try:
+                self._send_and_commit(progress)
+                break
+            except KafkaException as exc:
+                err: KafkaError = exc.args[0]
+                if not err.txn_requires_abort():
+                    raise
+                log.warning("transaction of %s aborted (%s); writing it again", self._txn_id, err)
+                self._retrying("aborting", lambda: self._producer.abort_transaction(30))
+                self._retrying("beginning a transaction", self._producer.begin_transaction)
+                for msg in self._pending:
+                    self._produce(msg)
+        self._pending = []
+        self._open = False
+        self.fence = progress
+
+    def _send_and_commit(self, progress: Progress) -> None:
+        offsets = [progress.to_offset(self._input, self._partition)]
+        group = self._reader.consumer_group_metadata()
+        # Each step is retried on its own: a commit that timed out may be retried, but the
+        # offsets must not be sent twice.
+        self._retrying(
+            "sending the progress",
+            lambda: self._producer.send_offsets_to_transaction(offsets, group, 30),
+        )
+        self._retrying("committing", lambda: self._producer.commit_transaction(30))
+
+    def snapshot(self) -> None:
+        try:
+            self.commit()
+        except BaseException:
+            self._failed.set()
+            raise
+
+    def close(self) -> None:
+        # Bytewax closes every sink partition while unwinding an error, and a second error
+        # there aborts the process before the first is reported: once a partition of this
+        # process failed, the others (all fenced alike, say) commit nothing more. What they
+        # left open is aborted by the next run's init_transactions.
+        if self._failed.is_set():
+            return
+        try:
+            self.commit()
+        except BaseException:
+            self._failed.set()
+            raise
+        self._reader.close()
+        self._producer.flush(5)
+
+
+class KafkaTransactionalSink(FixedPartitionedSink[Output, None]):
+    """Both outputs of every state partition, written exactly once in Kafka transactions.
+
+    Items are `(routing key, ScoredBatch | DeadLetter)`; the key names the state
+    partition (`partitioning.routing_key`), which names the sink partition.
+    """
+
+    def __init__(
+        self,
+        partitions: int,
+        topics: tuple[str, str, str],
+        producer_config: dict[str, Any],
+        consumer_config: dict[str, Any],
+        txn_prefix: str,
+    ) -> None:
+        """Write for `partitions` state partitions.
+
+        Args:
+            partitions: The number of state partitions (= input partitions).
+            topics: The input, predictions and dead-letter topics.
+            producer_config: Properties of the producers (a transactional.id is added).
+            consumer_config: Properties of the client that reads the committed progress.
+            txn_prefix: `transactional.id` = `<txn_prefix>-<partition>`; also the group.
+        """
+        self.partitions = partitions
+        self.topics = topics
+        self._producer_config = producer_config
+        self._consumer_config = consumer_config
+        self.txn_prefix = txn_prefix
+        #: Set once a partition of this process raised (see `_TransactionalPartition.close`).
+        self._failed = threading.Event()
+
+    def list_parts(self) -> list[str]:
+        return [part_name(p) for p in range(self.partitions)]
+
+    def part_fn(self, item_key: str) -> int:
+        # Routing keys are "p<partition>.<salt>" (partitioning.routing_key).
+        return int(item_key[1:].split(".", 1)[0])
+
+    def build_part(
+        self, step_id: str, for_part: str, resume_state: None
+    ) -> _TransactionalPartition:
+        p = int(for_part)
+        return _TransactionalPartition(
+            self._producer_config,
+            self._consumer_config,
+            self.topics,
+            p,
+            f"{self.txn_prefix}-{p}",
+            self._failed,
+        )
