@@ -51,11 +51,10 @@ def _lines(logic: PartitionLogic, batches: list[EventBatch]) -> list[bytes]:
     return [line for x in out if isinstance(x, ScoredBatch) for line in x.lines]
 
 
-def test_snapshots_during_a_slow_replay_keep_what_the_next_replay_needs(
-    tmp_path: Path, gru: LoadedModel
-) -> None:
+def _replay_config(tmp_path: Path, gru: LoadedModel) -> PartitionConfig:
+    """One partition's store in `tmp_path`, keeping the marks of three snapshots."""
     ensure_manifest(tmp_path, 1, 10)
-    config = PartitionConfig(
+    return PartitionConfig(
         state_dir=tmp_path,
         model=gru,
         window=10,
@@ -66,6 +65,12 @@ def test_snapshots_during_a_slow_replay_keep_what_the_next_replay_needs(
         restore_model=lambda ref: gru,
         kept_marks=3,
     )
+
+
+def test_snapshots_during_a_slow_replay_keep_what_the_next_replay_needs(
+    tmp_path: Path, gru: LoadedModel
+) -> None:
+    config = _replay_config(tmp_path, gru)
     batches = _batches(3000)
     first = PartitionLogic(config, None)
     _lines(first, batches[:10])
@@ -94,18 +99,7 @@ def test_a_resume_state_ahead_of_the_input_prunes_nothing_the_replay_needs(
 ) -> None:
     """Bytewax may resume a logic from a row newer than its input's (a run killed while its
     epoch was being snapshotted): the input replays from below the logic's marks."""
-    ensure_manifest(tmp_path, 1, 10)
-    config = PartitionConfig(
-        state_dir=tmp_path,
-        model=gru,
-        window=10,
-        ttl_seconds=30 * 86400.0,
-        batch_max=1024,
-        sweep_interval=3600.0,
-        sweep_chunk=100,
-        restore_model=lambda ref: gru,
-        kept_marks=3,
-    )
+    config = _replay_config(tmp_path, gru)
     batches = _batches(2000)
     first = PartitionLogic(config, None)
     _lines(first, batches[:10])  # the input's snapshot says 1000...
