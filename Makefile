@@ -1,6 +1,6 @@
 # The two commands of the README:
 #   make demo   - set up (virtualenv + install) if needed, then run the embedded demo
-#   make test   - set up if needed, then ruff, mypy and the whole test suite
+#   make test   - set up if needed (the Kafka jars too), then ruff, mypy and the whole test suite
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -31,7 +31,9 @@ lint: $(BIN)/.installed
 	$(BIN)/mypy
 	$(BIN)/hadolint Dockerfile
 
+# The Kafka tests run on an Apache Kafka node from Maven Central's jars (cached; a no-op once there).
 test: lint
+	.ci/install-kafka
 	$(BIN)/python -m pytest -q
 
 # The benchmark (docs/benchmarks.md): installs the plot's extra, writes the JSON and the PNG.
