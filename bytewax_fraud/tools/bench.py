@@ -131,6 +131,8 @@ class BenchConfig:
     skip_kafka: bool = False
     #: Offered loads of the Kafka sweep (end-to-end latency through both topics).
     kafka_loads: tuple[float, ...] = (0.50,)
+    #: Offered loads of the outside reader's view (`bench_reader`): a fifth and half.
+    reader_loads: tuple[float, ...] = (0.20, 0.50)
 
 
 @dataclass
@@ -890,6 +892,10 @@ def measure(cfg: BenchConfig, workdir: Path, log: Any = print) -> dict[str, Any]
                 f = run_broker_floor(cfg, f"broker-only@{frac:.0%}", broker, events=n, rate=rate)
                 f.extra["load"] = frac
                 sweep.append(add(f))
+            if cfg.reader_loads:
+                from bytewax_fraud.tools.bench_reader import measure_reader  # imports this
+
+                kafka["outside_reader"] = measure_reader(cfg, workdir, broker, top, log)
     if external is not None:
         # The external endpoint at shares of its own maximum: its latency when not saturated.
         for frac in cfg.loads:
@@ -1012,6 +1018,11 @@ def format_report(report: dict[str, Any]) -> str:
             f"p99 at 50% of max, {system}: {_fmt(p99)} ms"
             f" (target < {sw['target_p99_ms']:.0f} ms: {verdict})"
         )
+    reader = report["kafka"].get("outside_reader")
+    if reader:
+        from bytewax_fraud.tools.bench_reader import format_reader  # imports this module
+
+        out += ["", *format_reader(reader)]
     return "\n".join(out)
 
 
@@ -1083,6 +1094,7 @@ QUICK = {
     "loads": (0.5, 1.0),
     "point_seconds": 1.0,
     "warmup_s": 0.25,
+    "reader_loads": (0.5,),
 }
 
 

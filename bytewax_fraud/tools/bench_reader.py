@@ -24,11 +24,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +44,10 @@ from bytewax_fraud.tools import bench
 from bytewax_fraud.tools.produce import generated
 
 _PILOT = 200
+#: This checkout (the reader runs from it even where `--job-root` names another).
+_OWN_ROOT = bench.ROOT
+#: What is measured: the broker alone, the job at-least-once, the job exactly-once.
+VARIANTS = ("broker", "alo", "eos")
 
 
 def read(
@@ -102,6 +108,43 @@ def _paced(
     return stamps
 
 
+def latencies_ms(
+    keys: list[bytes | None],
+    stamps: list[float],
+    rows: np.ndarray,
+    partitions: int,
+    pilot: int,
+    warmup_s: float,
+) -> np.ndarray:
+    """Each received message's latency in ms: its receive time minus its event's stamp.
+
+    Args:
+        keys: The key of every produced message, in produce order (pilot first).
+        stamps: The wall-clock stamp of each message after the pilot.
+        rows: The reader's [n, 3] rows: input partition, input offset, receive time.
+        partitions: The input topic's partition count.
+        pilot: Messages produced before the paced ones (not counted).
+        warmup_s: Events stamped in the first this many seconds are not counted.
+
+    One producer writes a fresh topic, so a message's offset is the number of
+    earlier messages to its partition (Kafka's partition of its key).
+    """
+    sent: dict[tuple[int, int], float] = {}
+    nxt = [0] * partitions
+    for i, key in enumerate(keys):
+        p = partition_for((key or b"").decode(), partitions)
+        if i >= pilot:
+            sent[(p, nxt[p])] = stamps[i - pilot]
+        nxt[p] += 1
+    first = min(stamps)
+    out = []
+    for p, o, recv in rows:
+        t = sent.get((int(p), int(o)))
+        if t is not None and t - first >= warmup_s:
+            out.append((recv - t) * 1000.0)
+    return np.asarray(out, np.float64)
+
+
 def point(
     broker: bench.Broker,
     cfg: bench.BenchConfig,
@@ -111,6 +154,7 @@ def point(
     seconds: float,
     job_root: Path,
     commit_interval: float,
+    job_env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """One variant (`broker`, `alo`, `eos`) at one rate: the reader's latency percentiles."""
     from confluent_kafka import Producer
@@ -130,6 +174,7 @@ def point(
         env = bench._kafka_env(cfg, broker, prefix, t_in, t_pred, t_dl, d)
         env.pop("FRAUD_KAFKA_STOP_AT_END")
         env["PYTHONPATH"] = str(job_root)
+        env.update(job_env or {})
         cmd = [sys.executable, "-m", "bytewax.run", "dataflows.fraud"]
         if variant == "eos":
             env["FRAUD_KAFKA_DELIVERY"] = "exactly-once"
@@ -153,7 +198,7 @@ def point(
             str(out),
             "1" if variant == "eos" else "0",
         ],
-        env={**os.environ, "PYTHONPATH": str(bench.ROOT)},
+        env={**os.environ, "PYTHONPATH": str(_OWN_ROOT)},
     )
     try:
         for key, value in msgs[:_PILOT]:  # start-up over before the clock starts
@@ -163,7 +208,15 @@ def point(
             bench._wait_for_messages(conn.consumer("earliest"), t_pred, _PILOT, job, d / "log.txt")
         time.sleep(1.0)
         stamps = _paced(producer, t_in, msgs[_PILOT:], rate)
-        if reader.wait(bench._RUN_TIMEOUT_S) != 0:
+        deadline = time.monotonic() + bench._RUN_TIMEOUT_S
+        while reader.poll() is None and time.monotonic() < deadline:
+            if job is not None and job.poll() is not None:
+                log_tail = bench._tail(d / "log.txt")
+                raise bench.BenchError(
+                    f"{variant}: the job exited with {job.returncode}:\n{log_tail}"
+                )
+            time.sleep(0.05)
+        if reader.poll() != 0:
             raise bench.BenchError(f"{variant}: the reader exited with {reader.returncode}")
     finally:
         for proc in (reader, job):
@@ -171,34 +224,94 @@ def point(
                 proc.terminate()
                 proc.wait(30)
     admin.delete_topics([t_in, t_pred, t_dl], operation_timeout=10)
-    # Where each paced event landed: one producer, a fresh topic, so offsets count up.
-    sent: dict[tuple[int, int], float] = {}
-    nxt = [0] * cfg.partitions
-    for i, (key, _) in enumerate(msgs):
-        p = partition_for((key or b"").decode(), cfg.partitions)
-        if i >= _PILOT:
-            sent[(p, nxt[p])] = stamps[i - _PILOT]
-        nxt[p] += 1
     rows = np.load(out)
-    first = min(stamps)
-    lat = np.asarray(
-        [
-            (recv - sent[(int(p), int(o))]) * 1000.0
-            for p, o, recv in rows
-            if (int(p), int(o)) in sent and sent[(int(p), int(o))] - first >= cfg.warmup_s
-        ]
-    )
+    shutil.rmtree(d, ignore_errors=True)
+    lat = latencies_ms([k for k, _ in msgs], stamps, rows, cfg.partitions, _PILOT, cfg.warmup_s)
     p50, p99, p999 = (round(float(np.percentile(lat, q)), 1) for q in (50, 99, 99.9))
     return {
         "variant": variant,
         "offered_per_s": round(rate, 1),
         "events": events,
+        "received": int(rows.shape[0]),
         "counted": int(lat.size),
         "p50_ms": p50,
         "p99_ms": p99,
         "p999_ms": p999,
         "max_ms": round(float(lat.max()), 1),
     }
+
+
+def measure_reader(
+    cfg: bench.BenchConfig,
+    workdir: Path,
+    broker: bench.Broker,
+    top: float,
+    log: Any = print,
+    variants: tuple[str, ...] = VARIANTS,
+    job_root: Path | None = None,
+    commit_interval: float = 1.0,
+    job_env: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Every variant at each of `cfg.reader_loads` of `top`, and the targets' margins.
+
+    Returns:
+        `points` (one dict per variant and load) and, per load, the p99 of each
+        variant minus the broker alone's (`p99_over_broker_ms`).
+    """
+    points: list[dict[str, Any]] = []
+    over: dict[str, dict[str, float]] = {}
+    for frac in cfg.reader_loads:
+        row: dict[str, float] = {}
+        for v in variants:
+            r = point(
+                broker,
+                cfg,
+                workdir,
+                v,
+                frac * top,
+                cfg.point_seconds,
+                job_root or bench.ROOT,
+                commit_interval,
+                job_env,
+            )
+            r["load"] = frac
+            points.append(r)
+            row[v] = r["p99_ms"]
+            log(
+                f"  reader {v} @{frac:.0%} ({r['offered_per_s']:,.0f}/s, {r['counted']} counted):"
+                f" p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, p99.9 {r['p999_ms']} ms"
+            )
+        if "broker" in row:
+            over[f"{frac:.0%}"] = {
+                v: round(p99 - row["broker"], 1) for v, p99 in row.items() if v != "broker"
+            }
+    return {
+        "latency": "reader's receive time - producer's stamp before produce(), per message",
+        "max_events_per_s": top,
+        "commit_interval_s": commit_interval,
+        "points": points,
+        "p99_over_broker_ms": over,
+    }
+
+
+def format_reader(reader: dict[str, Any]) -> list[str]:
+    """The outside reader's table and each job variant's p99 margin over the broker alone."""
+    out = [
+        f"as an outside reader sees it (receive time - produce stamp, per message; load as a"
+        f" share of {reader['max_events_per_s']:,.0f} ev/s; eos: read_committed,"
+        f" {reader['commit_interval_s']} s commits)",
+        f"{'path':<8}{'load':>6}{'offered/s':>11}{'counted':>9}{'p50 ms':>9}{'p99 ms':>9}"
+        f"{'p99.9 ms':>10}",
+    ]
+    for r in reader["points"]:
+        out.append(
+            f"{r['variant']:<8}{r['load']:>6.0%}{r['offered_per_s']:>11,.0f}{r['counted']:>9}"
+            f"{r['p50_ms']:>9}{r['p99_ms']:>9}{r['p999_ms']:>10}"
+        )
+    for load, margins in reader["p99_over_broker_ms"].items():
+        text = ", ".join(f"{v} +{m} ms" for v, m in margins.items())
+        out.append(f"p99 over the broker alone at {load}: {text}")
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -216,11 +329,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=6.0, help="length of each point")
     ap.add_argument("--commit-interval", type=float, default=1.0, help="eos: seconds")
     ap.add_argument("--job-root", type=Path, default=bench.ROOT, help="the checkout to run")
+    ap.add_argument("--job-env", action="append", default=[], help="KEY=VALUE for the job")
     ap.add_argument("--json", type=Path, help="write the results here")
     a = ap.parse_args(argv)
-    cfg = bench.BenchConfig()
+    cfg = bench.BenchConfig(point_seconds=a.seconds)
     workdir = Path(tempfile.mkdtemp(prefix="bench-reader-"))
-    report: dict[str, Any] = {"job_root": str(a.job_root), "points": []}
+    job_env = dict(kv.split("=", 1) for kv in a.job_env)
+    report: dict[str, Any] = {"job_root": str(a.job_root), "job_env": job_env, "points": []}
     with bench.bench_broker(workdir) as (broker, where):
         if broker is None:
             print(f"no broker: {where}")
@@ -231,19 +346,22 @@ def main(argv: list[str] | None = None) -> int:
             top = bench.run_kafka(
                 cfg, "kafka-1w", workdir, broker, events=a.max_events
             ).events_per_s
-        report["max_events_per_s"] = top
         print(f"1-worker maximum: {top:,.0f} ev/s ({where})")
-        for frac in (float(x) for x in a.loads.split(",")):
-            for v in a.variants.split(","):
-                r = point(
-                    broker, cfg, workdir, v, frac * top, a.seconds, a.job_root, a.commit_interval
-                )
-                r["load"] = frac
-                report["points"].append(r)
-                print(
-                    f"  {v:6s} @{frac:.0%} ({r['offered_per_s']:,.0f}/s, {r['counted']} counted):"
-                    f" p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, p99.9 {r['p999_ms']} ms"
-                )
+        cfg = replace(cfg, reader_loads=tuple(float(x) for x in a.loads.split(",")))
+        report.update(
+            measure_reader(
+                cfg,
+                workdir,
+                broker,
+                top,
+                print,
+                tuple(a.variants.split(",")),
+                a.job_root,
+                a.commit_interval,
+                job_env,
+            )
+        )
+        print("\n".join(format_reader(report)))
     if a.json:
         a.json.write_text(json.dumps(report, indent=1))
     return 0
