@@ -609,9 +609,13 @@ def run_broker_floor(
 
     def consume() -> None:
         while not done.is_set() or len(got) < events:
-            for m in consumer.consume(1000, 0.02):
+            # `poll` returns as soon as a message is there; `consume(n, t)` would hold it
+            # until n arrived or t passed (a bias of up to t on the floor).
+            first = consumer.poll(0.02)
+            now = time.time() * 1000.0
+            for m in [first, *consumer.consume(1000, 0)] if first is not None else []:
                 if m.error() is None:
-                    got.append((m.timestamp()[1], time.time() * 1000.0))
+                    got.append((m.timestamp()[1], now))
             if done.is_set() and time.monotonic() > deadline:
                 return
 
