@@ -1073,6 +1073,17 @@ def plot(report: dict[str, Any], path: Path) -> bool:
                     color=color,
                 )
                 ax.plot([r["events_per_s"]], [r["p99_ms"]], "*", ms=14, color=color)
+    reader = report["kafka"].get("outside_reader") or {}
+    reader_styles = {
+        "broker": ("black", "broker alone"),
+        "alo": ("tab:green", "Kafka at-least-once"),
+        "eos": ("tab:purple", "Kafka exactly-once"),
+    }
+    for variant, (color, label) in reader_styles.items():
+        pts = [r for r in reader.get("points", []) if r["variant"] == variant]
+        if pts:
+            x = [r["offered_per_s"] for r in pts]
+            ax.plot(x, [r["p99_ms"] for r in pts], "^-.", color=color, label=f"{label}, reader p99")
     ax.axhline(sw["target_p99_ms"], color="gray", ls=":", label="p99 target (20 ms)")
     ax.margins(y=0.2)
     ax.set_xscale("log")
