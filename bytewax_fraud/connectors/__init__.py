@@ -179,7 +179,7 @@ def make_outputs(s: Settings, fresh: bool) -> Outputs:
                 s.kafka_transactional_id or f"bytewax-fraud-{s.topic_predictions}",
             )
         return Outputs(
-            KafkaPredictionSink(s.topic_predictions, producer),
+            KafkaPredictionSink(s.topic_predictions, producer, s.partitions),
             KafkaDeadLetterSink(s.topic_dead_letters, producer),
             as_lines=False,
             exactly_once=exactly_once,

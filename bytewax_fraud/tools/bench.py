@@ -131,6 +131,8 @@ class BenchConfig:
     skip_kafka: bool = False
     #: Offered loads of the Kafka sweep (end-to-end latency through both topics).
     kafka_loads: tuple[float, ...] = (0.50,)
+    #: Offered loads of the outside reader's view (`bench_reader`): a fifth and half.
+    reader_loads: tuple[float, ...] = (0.20, 0.50)
 
 
 @dataclass
@@ -607,9 +609,13 @@ def run_broker_floor(
 
     def consume() -> None:
         while not done.is_set() or len(got) < events:
-            for m in consumer.consume(1000, 0.02):
+            # `poll` returns as soon as a message is there; `consume(n, t)` would hold it
+            # until n arrived or t passed (a bias of up to t on the floor).
+            first = consumer.poll(0.02)
+            now = time.time() * 1000.0
+            for m in [first, *consumer.consume(1000, 0)] if first is not None else []:
                 if m.error() is None:
-                    got.append((m.timestamp()[1], time.time() * 1000.0))
+                    got.append((m.timestamp()[1], now))
             if done.is_set() and time.monotonic() > deadline:
                 return
 
@@ -890,6 +896,10 @@ def measure(cfg: BenchConfig, workdir: Path, log: Any = print) -> dict[str, Any]
                 f = run_broker_floor(cfg, f"broker-only@{frac:.0%}", broker, events=n, rate=rate)
                 f.extra["load"] = frac
                 sweep.append(add(f))
+            if cfg.reader_loads:
+                from bytewax_fraud.tools.bench_reader import measure_reader  # imports this
+
+                kafka["outside_reader"] = measure_reader(cfg, workdir, broker, top, log)
     if external is not None:
         # The external endpoint at shares of its own maximum: its latency when not saturated.
         for frac in cfg.loads:
@@ -1012,6 +1022,11 @@ def format_report(report: dict[str, Any]) -> str:
             f"p99 at 50% of max, {system}: {_fmt(p99)} ms"
             f" (target < {sw['target_p99_ms']:.0f} ms: {verdict})"
         )
+    reader = report["kafka"].get("outside_reader")
+    if reader:
+        from bytewax_fraud.tools.bench_reader import format_reader  # imports this module
+
+        out += ["", *format_reader(reader)]
     return "\n".join(out)
 
 
@@ -1058,6 +1073,17 @@ def plot(report: dict[str, Any], path: Path) -> bool:
                     color=color,
                 )
                 ax.plot([r["events_per_s"]], [r["p99_ms"]], "*", ms=14, color=color)
+    reader = report["kafka"].get("outside_reader") or {}
+    reader_styles = {
+        "broker": ("black", "broker alone"),
+        "alo": ("tab:green", "Kafka at-least-once"),
+        "eos": ("tab:purple", "Kafka exactly-once"),
+    }
+    for variant, (color, label) in reader_styles.items():
+        pts = [r for r in reader.get("points", []) if r["variant"] == variant]
+        if pts:
+            x = [r["offered_per_s"] for r in pts]
+            ax.plot(x, [r["p99_ms"] for r in pts], "^-.", color=color, label=f"{label}, reader p99")
     ax.axhline(sw["target_p99_ms"], color="gray", ls=":", label="p99 target (20 ms)")
     ax.margins(y=0.2)
     ax.set_xscale("log")
@@ -1083,6 +1109,7 @@ QUICK = {
     "loads": (0.5, 1.0),
     "point_seconds": 1.0,
     "warmup_s": 0.25,
+    "reader_loads": (0.5,),
 }
 
 

@@ -1,10 +1,19 @@
 """Predictions and dead letters as Kafka messages: durable, idempotent, never dropped silently.
 
-Each worker has one producer (`acks=all`, idempotence on). A batch is produced
-and then flushed; a message that fails delivery is counted in
-`status.STATS.delivery_failures`, logged, and makes the sink raise after the
-flush. The run then stops instead of losing output, and a resumed run
-re-emits everything since the last snapshot (at-least-once).
+Predictions are produced asynchronously: a batch is handed to librdkafka and
+the worker goes on; delivery reports are served by `poll(0)` on the way. Delivery
+is awaited only where a guarantee needs it: when Bytewax snapshots the sink
+partition (before the epoch's input offsets become the resume point, and so
+before the outbox entries that could re-emit these outputs are pruned) and at
+close. Dead letters (rare) are produced and flushed per batch.
+
+Each process has one prediction producer (`acks=all`, idempotence on), shared
+by its sink partitions. A message that fails delivery is counted in
+`status.STATS.delivery_failures`, logged, and makes the sink raise: at the next
+batch, at the snapshot or at close, whichever comes first, so an epoch with an
+undelivered prediction never completes. The run then stops instead of losing
+output, and a resumed run re-emits everything since the last snapshot
+(at-least-once).
 """
 
 from __future__ import annotations
@@ -15,7 +24,12 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from bytewax.outputs import (
+    DynamicSink,
+    FixedPartitionedSink,
+    StatefulSinkPartition,
+    StatelessSinkPartition,
+)
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from bytewax_fraud.connectors.kafka.config import masked
@@ -24,6 +38,7 @@ from bytewax_fraud.connectors.kafka.errors import (
     KafkaDeliveryError,
     KafkaSetupError,
 )
+from bytewax_fraud.partitioning import partition_of_routing_key, routing_key
 from bytewax_fraud.records import DeadLetter, ScoredBatch
 from bytewax_fraud.status import STATS
 
@@ -114,6 +129,10 @@ class _ProducerPartition:
 
     def _flush(self) -> None:
         self._producer.flush()
+        self._raise_failures()
+
+    def _raise_failures(self) -> None:
+        """Raise the named error if a delivery report said a message was not delivered."""
         if self._failed:
             err = self._first_error
             n = self._failed
@@ -141,17 +160,42 @@ class _ProducerPartition:
         self._flush()
 
 
-class _PredictionPartition(_ProducerPartition, StatelessSinkPartition[tuple[str, ScoredBatch]]):
-    def write_batch(self, items: list[tuple[str, ScoredBatch]]) -> None:
+class _PredictionProducer(_ProducerPartition):
+    """A process's prediction producer: produce without waiting, deliver on demand."""
+
+    def write(self, scored: ScoredBatch) -> None:
+        """Hand one batch's predictions to librdkafka; raise if an earlier one failed."""
+        self._raise_failures()
         produce, topic, report = self._producer.produce, self._topic, self._on_delivery
-        for _, scored in items:
-            for user, line in zip(scored.user_ids, scored.lines, strict=True):
-                try:
-                    produce(topic, line, user.encode(), on_delivery=report)
-                except (BufferError, KafkaException):  # queue full, or one bad message
-                    self._produce(user.encode(), line, None)
-            self._producer.poll(0)
+        for user, line in zip(scored.user_ids, scored.lines, strict=True):
+            try:
+                produce(topic, line, user.encode(), on_delivery=report)
+            except (BufferError, KafkaException):  # queue full, or one bad message
+                self._produce(user.encode(), line, None)
+        self._producer.poll(0)  # delivery reports of earlier batches, without waiting
+
+    def deliver(self) -> None:
+        """Wait until every message produced so far is acknowledged (or raise)."""
         self._flush()
+
+
+class _PredictionPartition(StatefulSinkPartition[ScoredBatch, None]):
+    """A state partition's predictions: written to the process's producer, delivered at snapshot."""
+
+    def __init__(self, producer: _PredictionProducer) -> None:
+        self._producer = producer
+
+    def write_batch(self, values: list[ScoredBatch]) -> None:
+        for scored in values:
+            self._producer.write(scored)
+
+    def snapshot(self) -> None:
+        # The epoch's input offsets become the resume point once every snapshot of the
+        # epoch is written: its predictions must be acknowledged by then.
+        self._producer.deliver()
+
+    def close(self) -> None:
+        self._producer.close()
 
 
 class _DeadLetterPartition(_ProducerPartition, StatelessSinkPartition[DeadLetter]):
@@ -161,16 +205,41 @@ class _DeadLetterPartition(_ProducerPartition, StatelessSinkPartition[DeadLetter
         self._flush()
 
 
-class KafkaPredictionSink(DynamicSink[tuple[str, ScoredBatch]]):
-    """One message per prediction: key = user id, value = the prediction's JSON line."""
+class KafkaPredictionSink(FixedPartitionedSink[ScoredBatch, None]):
+    """One message per prediction: key = user id, value = the prediction's JSON line.
 
-    def __init__(self, topic: str, producer_config: dict[str, Any]) -> None:
-        """Write to `topic` with a producer built from `producer_config`."""
+    Items are `(routing key, ScoredBatch)`; the sink partitions are named by the
+    routing keys (`partitioning.routing_key`), so Bytewax builds each one on the
+    worker that holds the state partition and no batch crosses workers.
+    """
+
+    def __init__(self, topic: str, producer_config: dict[str, Any], partitions: int = 1) -> None:
+        """Write to `topic` with a producer built from `producer_config`.
+
+        Args:
+            topic: The predictions topic.
+            producer_config: librdkafka properties of the producer.
+            partitions: The number of state partitions (= input partitions).
+        """
         self.topic = topic
+        self.partitions = partitions
         self._config = producer_config
+        self._parts = sorted(routing_key(p) for p in range(partitions))
+        self._index = {partition_of_routing_key(k): i for i, k in enumerate(self._parts)}
+        self._producer: _PredictionProducer | None = None
+        self._lock = threading.Lock()
 
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _PredictionPartition:
-        return _PredictionPartition(self._config, self.topic)
+    def list_parts(self) -> list[str]:
+        return list(self._parts)
+
+    def part_fn(self, item_key: str) -> int:
+        return self._index[partition_of_routing_key(item_key)]
+
+    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _PredictionPartition:
+        with self._lock:  # one producer per process, whatever its worker threads
+            if self._producer is None:
+                self._producer = _PredictionProducer(self._config, self.topic)
+            return _PredictionPartition(self._producer)
 
 
 class KafkaDeadLetterSink(DynamicSink[DeadLetter]):

@@ -54,6 +54,14 @@ def test_quick_benchmark_reports_every_variant(tmp_path: Path) -> None:
         assert kafka["produce_msg_per_s"] > 0 and kafka["dead_letters"] == {}
         assert variants["kafka-1w"]["events"] == variants["embedded-1w"]["events"]
         assert variants["kafka-2p"]["extra"]["processes"] == 2
+        # The outside reader's view: every path at each load, with its margin over the broker.
+        reader = kafka["outside_reader"]
+        assert {(p["variant"], p["load"]) for p in reader["points"]} == {
+            (v, 0.5) for v in ("broker", "alo", "eos")
+        }
+        for p in reader["points"]:
+            assert p["counted"] > 0 and 0 <= p["p50_ms"] <= p["p99_ms"], p
+        assert set(reader["p99_over_broker_ms"]["50%"]) == {"alo", "eos"}
     else:
         assert kafka["ran"] is False and kafka["reason"]
     assert set(variants) == expected

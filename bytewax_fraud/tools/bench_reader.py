@@ -1,0 +1,377 @@
+"""Latency as an outside reader sees it: a paced producer, the job, a consumer in its own process.
+
+The producer stamps each event with its wall-clock time just before handing it
+to librdkafka (kept here, by the event's input partition and offset, which a
+single idempotent producer on a fresh topic determines). A reader in a process
+of its own consumes the predictions topic and stamps each message with its
+wall-clock receive time; a prediction names its input's partition and offset,
+so its latency is the receive time minus that event's stamp, per message, in
+microseconds. The reader waits in `poll`, which returns as soon as a message is
+there, and then drains what else has arrived without waiting, so no polling period
+or batch size biases the figures.
+
+The broker alone is measured the same way: the reader reads the input topic
+itself, with no job in between. Rates are fractions of the 1-worker maximum,
+measured first on a backlog (`bench.run_kafka`) unless `--max-rate` gives it.
+
+    python -m bytewax_fraud.tools.bench_reader --loads 0.2,0.5 --json out.json
+
+`--job-root DIR` runs the job from another checkout (a back-to-back A/B of two
+versions on one broker and one machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bytewax_fraud.connectors import kafka_connection
+from bytewax_fraud.connectors.kafka.admin import admin_client, create_job_topics
+from bytewax_fraud.partitioning import partition_for
+from bytewax_fraud.settings import load_settings
+from bytewax_fraud.tools import bench
+from bytewax_fraud.tools.produce import generated
+
+_PILOT = 200
+#: This checkout (the reader runs from it even where `--job-root` names another).
+_OWN_ROOT = bench.ROOT
+#: What is measured: the broker alone, the job at-least-once, the job exactly-once.
+VARIANTS = ("broker", "alo", "eos")
+
+
+def read(
+    bootstrap: str, topic: str, partitions: int, count: int, out: Path, committed: bool
+) -> None:
+    """The reader process: consume `count` messages of `topic`, record their receive times.
+
+    Writes `out` as an [n, 3] float64 array: input partition, input offset, receive
+    time (epoch seconds). A prediction names its input (`"partition"`, `"offset"`);
+    a message of the input topic is its own input.
+    """
+    from confluent_kafka import Consumer, TopicPartition
+
+    s = load_settings(kafka_bootstrap_servers=bootstrap, partitions=partitions)
+    config = {**kafka_connection(s).consumer("earliest"), "group.id": "bytewax-fraud-reader"}
+    if committed:
+        config["isolation.level"] = "read_committed"
+    c = Consumer(config)
+    c.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    rows: list[tuple[int, int, float]] = []
+    own = not topic.endswith("-predictions")
+    deadline = time.monotonic() + bench._RUN_TIMEOUT_S
+    while len(rows) < count and time.monotonic() < deadline:
+        # `poll` returns as soon as one message is there (`consume(n, t)` would wait for n
+        # or t: a bias of up to t); what else has arrived is drained without waiting.
+        first = c.poll(0.1)
+        now = time.time()
+        if first is None:
+            continue
+        batch = [first, *c.consume(1000, 0)]
+        for m in batch:
+            if m.error() is not None:
+                continue
+            if own:
+                rows.append((int(m.partition() or 0), int(m.offset() or 0), now))
+            else:
+                pos = bench._PRED_POS.search(m.value() or b"")
+                if pos is not None:
+                    rows.append((int(pos.group(1)), int(pos.group(2)), now))
+    c.close()
+    np.save(out, np.asarray(rows, np.float64).reshape(-1, 3))
+
+
+def _paced(
+    producer: Any, topic: str, msgs: list[tuple[bytes | None, bytes]], rate: float
+) -> list[float]:
+    """Produce at `rate`/s; each message's wall-clock time just before `produce`."""
+    stamps: list[float] = []
+    t0 = time.monotonic()
+    for i, (key, value) in enumerate(msgs):
+        due = t0 + i / rate
+        while (now := time.monotonic()) < due:
+            producer.poll(min(due - now, 0.001))
+        while True:
+            stamps.append(time.time())
+            try:
+                producer.produce(topic, value, key)
+                break
+            except BufferError:
+                stamps.pop()
+                producer.poll(0.001)
+    producer.flush()
+    return stamps
+
+
+def latencies_ms(
+    keys: list[bytes | None],
+    stamps: list[float],
+    rows: np.ndarray,
+    partitions: int,
+    pilot: int,
+    warmup_s: float,
+) -> np.ndarray:
+    """Each received message's latency in ms: its receive time minus its event's stamp.
+
+    Args:
+        keys: The key of every produced message, in produce order (pilot first).
+        stamps: The wall-clock stamp of each message after the pilot.
+        rows: The reader's [n, 3] rows: input partition, input offset, receive time.
+        partitions: The input topic's partition count.
+        pilot: Messages produced before the paced ones (not counted).
+        warmup_s: Events stamped in the first this many seconds are not counted.
+
+    One producer writes a fresh topic, so a message's offset is the number of
+    earlier messages to its partition (Kafka's partition of its key).
+    """
+    sent: dict[tuple[int, int], float] = {}
+    nxt = [0] * partitions
+    for i, key in enumerate(keys):
+        p = partition_for((key or b"").decode(), partitions)
+        if i >= pilot:
+            sent[(p, nxt[p])] = stamps[i - pilot]
+        nxt[p] += 1
+    first = min(stamps)
+    out = []
+    for p, o, recv in rows:
+        t = sent.get((int(p), int(o)))
+        if t is not None and t - first >= warmup_s:
+            out.append((recv - t) * 1000.0)
+    return np.asarray(out, np.float64)
+
+
+def point(
+    broker: bench.Broker,
+    cfg: bench.BenchConfig,
+    workdir: Path,
+    variant: str,
+    rate: float,
+    seconds: float,
+    job_root: Path,
+    commit_interval: float,
+    job_env: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """One variant (`broker`, `alo`, `eos`) at one rate: the reader's latency percentiles."""
+    from confluent_kafka import Producer
+
+    d = Path(tempfile.mkdtemp(prefix=f"reader-{variant}-", dir=workdir))
+    prefix = f"fraud-reader-{uuid.uuid4().hex[:8]}"
+    t_in, t_pred, t_dl = (f"{prefix}-{t}" for t in ("transactions", "predictions", "dead-letters"))
+    s = load_settings(kafka_bootstrap_servers=broker.bootstrap_servers, partitions=cfg.partitions)
+    conn = kafka_connection(s)
+    admin = admin_client(conn.admin())
+    create_job_topics(admin, cfg.partitions, t_in, t_pred, t_dl, s.kafka_max_message_bytes)
+    events = max(int(rate * seconds), 50 * cfg.partitions)
+    msgs = list(generated(cfg.users, cfg.seed, _PILOT + events))
+    producer = Producer(conn.producer())
+    job = None
+    if variant != "broker":
+        env = bench._kafka_env(cfg, broker, prefix, t_in, t_pred, t_dl, d)
+        env.pop("FRAUD_KAFKA_STOP_AT_END")
+        env["PYTHONPATH"] = str(job_root)
+        env.update(job_env or {})
+        cmd = [sys.executable, "-m", "bytewax.run", "dataflows.fraud"]
+        if variant == "eos":
+            env["FRAUD_KAFKA_DELIVERY"] = "exactly-once"
+            env["FRAUD_RECOVERY_DIR"] = str(d / "recovery")
+            env["FRAUD_SNAPSHOT_INTERVAL"] = str(commit_interval)
+            cmd = [sys.executable, "-m", "bytewax_fraud"]
+            (d / "state").rename(d / "state-unused")
+        with open(d / "log.txt", "wb") as log:
+            job = subprocess.Popen(cmd, cwd=job_root, env=env, stdout=log, stderr=subprocess.STDOUT)
+    out = d / "reader.npy"
+    reader = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bytewax_fraud.tools.bench_reader",
+            "read",
+            broker.bootstrap_servers,
+            t_pred if job else t_in,
+            str(cfg.partitions),
+            str(_PILOT + events),
+            str(out),
+            "1" if variant == "eos" else "0",
+        ],
+        env={**os.environ, "PYTHONPATH": str(_OWN_ROOT)},
+    )
+    try:
+        for key, value in msgs[:_PILOT]:  # start-up over before the clock starts
+            producer.produce(t_in, value, key)
+        producer.flush()
+        if job is not None:
+            bench._wait_for_messages(conn.consumer("earliest"), t_pred, _PILOT, job, d / "log.txt")
+        time.sleep(1.0)
+        stamps = _paced(producer, t_in, msgs[_PILOT:], rate)
+        deadline = time.monotonic() + bench._RUN_TIMEOUT_S
+        while reader.poll() is None and time.monotonic() < deadline:
+            if job is not None and job.poll() is not None:
+                log_tail = bench._tail(d / "log.txt")
+                raise bench.BenchError(
+                    f"{variant}: the job exited with {job.returncode}:\n{log_tail}"
+                )
+            time.sleep(0.05)
+        if reader.poll() != 0:
+            raise bench.BenchError(f"{variant}: the reader exited with {reader.returncode}")
+    finally:
+        for proc in (reader, job):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                proc.wait(30)
+    admin.delete_topics([t_in, t_pred, t_dl], operation_timeout=10)
+    rows = np.load(out)
+    shutil.rmtree(d, ignore_errors=True)
+    lat = latencies_ms([k for k, _ in msgs], stamps, rows, cfg.partitions, _PILOT, cfg.warmup_s)
+    p50, p99, p999 = (round(float(np.percentile(lat, q)), 1) for q in (50, 99, 99.9))
+    return {
+        "variant": variant,
+        "offered_per_s": round(rate, 1),
+        "events": events,
+        "received": int(rows.shape[0]),
+        "counted": int(lat.size),
+        "p50_ms": p50,
+        "p99_ms": p99,
+        "p999_ms": p999,
+        "max_ms": round(float(lat.max()), 1),
+    }
+
+
+def measure_reader(
+    cfg: bench.BenchConfig,
+    workdir: Path,
+    broker: bench.Broker,
+    top: float,
+    log: Any = print,
+    variants: tuple[str, ...] = VARIANTS,
+    job_root: Path | None = None,
+    commit_interval: float = 1.0,
+    job_env: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Every variant at each of `cfg.reader_loads` of `top`, and the targets' margins.
+
+    Returns:
+        `points` (one dict per variant and load) and, per load, the p99 of each
+        variant minus the broker alone's (`p99_over_broker_ms`).
+    """
+    points: list[dict[str, Any]] = []
+    over: dict[str, dict[str, float]] = {}
+    for frac in cfg.reader_loads:
+        row: dict[str, float] = {}
+        for v in variants:
+            r = point(
+                broker,
+                cfg,
+                workdir,
+                v,
+                frac * top,
+                cfg.point_seconds,
+                job_root or bench.ROOT,
+                commit_interval,
+                job_env,
+            )
+            r["load"] = frac
+            points.append(r)
+            row[v] = r["p99_ms"]
+            log(
+                f"  reader {v} @{frac:.0%} ({r['offered_per_s']:,.0f}/s, {r['counted']} counted):"
+                f" p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, p99.9 {r['p999_ms']} ms"
+            )
+        if "broker" in row:
+            over[f"{frac:.0%}"] = {
+                v: round(p99 - row["broker"], 1) for v, p99 in row.items() if v != "broker"
+            }
+    return {
+        "latency": "reader's receive time - producer's stamp before produce(), per message",
+        "max_events_per_s": top,
+        "commit_interval_s": commit_interval,
+        "points": points,
+        "p99_over_broker_ms": over,
+    }
+
+
+def format_reader(reader: dict[str, Any]) -> list[str]:
+    """The outside reader's table and each job variant's p99 margin over the broker alone."""
+    out = [
+        f"as an outside reader sees it (receive time - produce stamp, per message; load as a"
+        f" share of {reader['max_events_per_s']:,.0f} ev/s; eos: read_committed,"
+        f" {reader['commit_interval_s']} s commits)",
+        f"{'path':<8}{'load':>6}{'offered/s':>11}{'counted':>9}{'p50 ms':>9}{'p99 ms':>9}"
+        f"{'p99.9 ms':>10}",
+    ]
+    for r in reader["points"]:
+        out.append(
+            f"{r['variant']:<8}{r['load']:>6.0%}{r['offered_per_s']:>11,.0f}{r['counted']:>9}"
+            f"{r['p50_ms']:>9}{r['p99_ms']:>9}{r['p999_ms']:>10}"
+        )
+    for load, margins in reader["p99_over_broker_ms"].items():
+        text = ", ".join(f"{v} +{m} ms" for v, m in margins.items())
+        out.append(f"p99 over the broker alone at {load}: {text}")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Measure and print the outside reader's view; `read ...` is the reader process."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "read":
+        b, topic, parts, count, out, committed = argv[1:7]
+        read(b, topic, int(parts), int(count), Path(out), committed == "1")
+        return 0
+    ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    ap.add_argument("--loads", default="0.2,0.5", help="fractions of the 1-worker maximum")
+    ap.add_argument("--variants", default="broker,alo,eos", help="broker, alo, eos")
+    ap.add_argument("--max-rate", type=float, help="the 1-worker maximum (default: measured)")
+    ap.add_argument("--max-events", type=int, default=100_000, help="backlog of that measure")
+    ap.add_argument("--seconds", type=float, default=6.0, help="length of each point")
+    ap.add_argument("--commit-interval", type=float, default=1.0, help="eos: seconds")
+    ap.add_argument("--job-root", type=Path, default=bench.ROOT, help="the checkout to run")
+    ap.add_argument("--job-env", action="append", default=[], help="KEY=VALUE for the job")
+    ap.add_argument("--json", type=Path, help="write the results here")
+    a = ap.parse_args(argv)
+    cfg = bench.BenchConfig(point_seconds=a.seconds)
+    workdir = Path(tempfile.mkdtemp(prefix="bench-reader-"))
+    job_env = dict(kv.split("=", 1) for kv in a.job_env)
+    report: dict[str, Any] = {"job_root": str(a.job_root), "job_env": job_env, "points": []}
+    with bench.bench_broker(workdir) as (broker, where):
+        if broker is None:
+            print(f"no broker: {where}")
+            return 2
+        top = a.max_rate
+        if top is None:
+            bench.ROOT = a.job_root  # the backlog run starts the job from this checkout
+            top = bench.run_kafka(
+                cfg, "kafka-1w", workdir, broker, events=a.max_events
+            ).events_per_s
+        print(f"1-worker maximum: {top:,.0f} ev/s ({where})")
+        cfg = replace(cfg, reader_loads=tuple(float(x) for x in a.loads.split(",")))
+        report.update(
+            measure_reader(
+                cfg,
+                workdir,
+                broker,
+                top,
+                print,
+                tuple(a.variants.split(",")),
+                a.job_root,
+                a.commit_interval,
+                job_env,
+            )
+        )
+        print("\n".join(format_reader(report)))
+    if a.json:
+        a.json.write_text(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
