@@ -82,6 +82,7 @@ import numpy as np
 
 from bytewax_fraud.connectors import kafka_connection
 from bytewax_fraud.connectors.kafka.admin import admin_client, create_job_topics
+from bytewax_fraud.connectors.kafka.config import KafkaConnection
 from bytewax_fraud.errors import FraudError
 from bytewax_fraud.settings import DEFAULT_MODEL, Settings, load_settings
 from bytewax_fraud.state.manifest import ensure_manifest
@@ -400,6 +401,31 @@ def _kafka_env(
     return env
 
 
+@dataclass(frozen=True)
+class KafkaRun:
+    """A Kafka variant's own directory and topics, created on the broker."""
+
+    dir: Path
+    prefix: str
+    t_in: str
+    t_pred: str
+    t_dl: str
+    conn: KafkaConnection
+
+
+def kafka_run(cfg: BenchConfig, broker: Broker, workdir: Path, name: str, tag: str) -> KafkaRun:
+    """Make a variant's directory under `workdir` and its three job topics (`tag` prefixes them)."""
+    d = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=workdir))
+    prefix = f"fraud-{tag}-{uuid.uuid4().hex[:8]}"
+    t_in, t_pred, t_dl = (f"{prefix}-{t}" for t in ("transactions", "predictions", "dead-letters"))
+    s = load_settings(kafka_bootstrap_servers=broker.bootstrap_servers, partitions=cfg.partitions)
+    conn = kafka_connection(s)
+    create_job_topics(
+        admin_client(conn.admin()), cfg.partitions, t_in, t_pred, t_dl, s.kafka_max_message_bytes
+    )
+    return KafkaRun(d, prefix, t_in, t_pred, t_dl, conn)
+
+
 def run_kafka(
     cfg: BenchConfig,
     name: str,
@@ -417,16 +443,12 @@ def run_kafka(
     `python -m bytewax_fraud` (which applies the recovery settings), with its
     directory made under this variant's own.
     """
-    d = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=workdir))
-    prefix = f"fraud-bench-{uuid.uuid4().hex[:8]}"
-    t_in, t_pred, t_dl = (f"{prefix}-{t}" for t in ("transactions", "predictions", "dead-letters"))
-    s = load_settings(kafka_bootstrap_servers=broker.bootstrap_servers, partitions=cfg.partitions)
-    admin = admin_client(kafka_connection(s).admin())
-    create_job_topics(admin, cfg.partitions, t_in, t_pred, t_dl, s.kafka_max_message_bytes)
+    run = kafka_run(cfg, broker, workdir, name, "bench")
+    d, prefix, t_in, t_pred, t_dl = run.dir, run.prefix, run.t_in, run.t_pred, run.t_dl
     # Generated first, so that the producing rate is the client's and the broker's alone.
     msgs = list(generated(cfg.users, cfg.seed, events)) if produced is None else produced
     t0 = time.monotonic()
-    produce(kafka_connection(s).producer(), t_in, cfg.partitions, msgs)
+    produce(run.conn.producer(), t_in, cfg.partitions, msgs)
     produce_s = time.monotonic() - t0
     del msgs
 
@@ -450,7 +472,7 @@ def run_kafka(
 
     ts_ms: list[int] = []
     lat_ms: list[float] = []
-    for msg in messages(kafka_connection(s).consumer(s.start), t_pred, cfg.partitions):
+    for msg in messages(run.conn.consumer("earliest"), t_pred, cfg.partitions):
         m = _LATENCY.search(msg.value() or b"")
         if m is None:
             raise BenchError(f"{name}: a prediction on {t_pred!r} has no latency_ms")
@@ -471,7 +493,7 @@ def run_kafka(
     lat = np.asarray(lat_ms, np.float64)[order]
     rate, skip = _topic_rate(ts, cfg.warmup_s, events, summary_rate)
     p50, p99, p999 = _percentiles(lat[skip:])
-    admin.delete_topics([t_in, t_pred, t_dl], operation_timeout=10)
+    admin_client(run.conn.admin()).delete_topics([t_in, t_pred, t_dl], operation_timeout=10)
     shutil.rmtree(d, ignore_errors=True)
     return Result(
         name=name,
@@ -513,13 +535,10 @@ def run_kafka_paced(
     """
     from confluent_kafka import Producer
 
-    d = Path(tempfile.mkdtemp(prefix=f"{name.replace('%', 'pct')}-", dir=workdir))
-    prefix = f"fraud-bench-{uuid.uuid4().hex[:8]}"
-    t_in, t_pred, t_dl = (f"{prefix}-{t}" for t in ("transactions", "predictions", "dead-letters"))
-    s = load_settings(kafka_bootstrap_servers=broker.bootstrap_servers, partitions=cfg.partitions)
-    conn = kafka_connection(s)
+    run = kafka_run(cfg, broker, workdir, name.replace("%", "pct"), "bench")
+    d, prefix, t_in, t_pred, t_dl = run.dir, run.prefix, run.t_in, run.t_pred, run.t_dl
+    conn = run.conn
     admin = admin_client(conn.admin())
-    create_job_topics(admin, cfg.partitions, t_in, t_pred, t_dl, s.kafka_max_message_bytes)
     pilot = 200
     msgs = list(generated(cfg.users, cfg.seed, pilot + events))
     env = _kafka_env(cfg, broker, prefix, t_in, t_pred, t_dl, d)

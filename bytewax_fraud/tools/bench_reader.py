@@ -30,7 +30,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from bytewax_fraud.connectors import kafka_connection
-from bytewax_fraud.connectors.kafka.admin import admin_client, create_job_topics
+from bytewax_fraud.connectors.kafka.admin import admin_client
 from bytewax_fraud.partitioning import partition_for
 from bytewax_fraud.settings import load_settings
 from bytewax_fraud.tools import bench
@@ -165,13 +164,10 @@ def point(
     """One variant (`broker`, `alo`, `eos`) at one rate: the reader's latency percentiles."""
     from confluent_kafka import Producer
 
-    d = Path(tempfile.mkdtemp(prefix=f"reader-{variant}-", dir=workdir))
-    prefix = f"fraud-reader-{uuid.uuid4().hex[:8]}"
-    t_in, t_pred, t_dl = (f"{prefix}-{t}" for t in ("transactions", "predictions", "dead-letters"))
-    s = load_settings(kafka_bootstrap_servers=broker.bootstrap_servers, partitions=cfg.partitions)
-    conn = kafka_connection(s)
+    run = bench.kafka_run(cfg, broker, workdir, f"reader-{variant}", "reader")
+    d, prefix, t_in, t_pred, t_dl = run.dir, run.prefix, run.t_in, run.t_pred, run.t_dl
+    conn = run.conn
     admin = admin_client(conn.admin())
-    create_job_topics(admin, cfg.partitions, t_in, t_pred, t_dl, s.kafka_max_message_bytes)
     events = max(int(rate * seconds), 50 * cfg.partitions)
     msgs = list(generated(cfg.users, cfg.seed, _PILOT + events))
     producer = Producer(conn.producer())
