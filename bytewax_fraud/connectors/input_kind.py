@@ -41,6 +41,12 @@ def check_input_kind(state_dir: Path, kind: str) -> None:
                 " 'Warm start'); or use a new FRAUD_STATE_DIR and FRAUD_RECOVERY_DIR"
             )
         return
+    record_input_kind(state_dir, kind)
+
+
+def record_input_kind(state_dir: Path, kind: str) -> None:
+    """Say (atomically) that the state in `state_dir` now follows input `kind`."""
+    path = state_dir / NAME
     tmp = path.with_name(f"{NAME}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps({"kind": kind}) + "\n")
     tmp.replace(path)

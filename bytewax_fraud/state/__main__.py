@@ -16,26 +16,18 @@ import sys
 from pathlib import Path
 
 from bytewax_fraud.admission.event_time import CLOCK_KEY, PartitionClock, iso
-from bytewax_fraud.errors import FraudError, StateError
+from bytewax_fraud.errors import FraudError
 from bytewax_fraud.partitioning import partition_for
 from bytewax_fraud.state.base import USER_PREFIX, user_key
 from bytewax_fraud.state.codec import decode_one
 from bytewax_fraud.state.handover import hand_over
-from bytewax_fraud.state.manifest import NAME, partition_dir
-from bytewax_fraud.state.rocksdb import RocksStore
-
-
-def _manifest(state_dir: Path) -> dict[str, int]:
-    path = state_dir / NAME
-    if not path.exists():
-        raise StateError(f"no state at {state_dir} (missing {NAME}): pass --state-dir")
-    manifest: dict[str, int] = json.loads(path.read_text())
-    return manifest
+from bytewax_fraud.state.manifest import partition_dir, read_partitions
+from bytewax_fraud.state.rocksdb import RocksStore, scan_prefix
 
 
 def show(state_dir: Path, user_id: str) -> dict[str, object] | None:
     """The decoded record of one user, or None if the user has no state."""
-    partitions = _manifest(state_dir)["partitions"]
+    partitions = read_partitions(state_dir)
     p = partition_for(user_id, partitions)
     store = RocksStore(partition_dir(state_dir, p))
     try:
@@ -49,7 +41,7 @@ def show(state_dir: Path, user_id: str) -> dict[str, object] | None:
 
 def stats(state_dir: Path) -> dict[str, object]:
     """Users, outbox entries and the event-time clock of each partition."""
-    partitions = _manifest(state_dir)["partitions"]
+    partitions = read_partitions(state_dir)
     per: dict[int, dict[str, int | str | None]] = {}
     for p in range(partitions):
         path = partition_dir(state_dir, p)
@@ -73,15 +65,7 @@ def stats(state_dir: Path) -> dict[str, object]:
 
 
 def _count(store: RocksStore, prefix: bytes) -> int:
-    n = 0
-    start = prefix
-    end = bytes([prefix[0] + 1])
-    while True:
-        items = store.scan(start, end, 50_000)
-        n += len(items)
-        if len(items) < 50_000:
-            return n
-        start = items[-1][0] + b"\x00"
+    return sum(len(items) for items in scan_prefix(store, prefix))
 
 
 def main(argv: list[str] | None = None) -> int:

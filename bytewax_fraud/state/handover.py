@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bytewax_fraud.connectors.input_kind import NAME as KIND_FILE
+from bytewax_fraud.connectors.input_kind import record_input_kind
 from bytewax_fraud.control.deployment import DEPLOYMENTS_KEY
 from bytewax_fraud.errors import StateError
 from bytewax_fraud.recovery import prepare_recovery
@@ -31,13 +31,12 @@ from bytewax_fraud.state.base import (
     USER_PREFIX,
 )
 from bytewax_fraud.state.codec import HEADER_BYTES, NO_OFFSET
-from bytewax_fraud.state.manifest import NAME, partition_dir, run_id
-from bytewax_fraud.state.rocksdb import RocksStore
+from bytewax_fraud.state.manifest import partition_dir, read_partitions, run_id
+from bytewax_fraud.state.rocksdb import RocksStore, scan_prefix
 
 #: Byte range of `last_offset` in a record's header (codec.py: the header's last field).
 _FENCE = slice(HEADER_BYTES - 8, HEADER_BYTES)
 _NO_FENCE = np.int64(NO_OFFSET).astype("<i8").tobytes()
-_CHUNK = 50_000
 
 
 @dataclass(frozen=True)
@@ -71,15 +70,12 @@ def hand_over(state_dir: Path, recovery_dir: Path, kind: str) -> HandOver:
     Raises:
         StateError: There is no state, or `recovery_dir` already holds snapshots.
     """
-    manifest = state_dir / NAME
-    if not manifest.exists():
-        raise StateError(f"no state at {state_dir} (missing {NAME}): pass --state-dir")
+    partitions = read_partitions(state_dir)
     if recovery_dir.exists() and any(recovery_dir.iterdir()):
         raise StateError(
             f"{recovery_dir} is not empty: the run after a hand-over needs a new recovery"
             " directory (the old one holds positions in the old input); name a new one"
         )
-    partitions = int(json.loads(manifest.read_text())["partitions"])
     users = outbox = 0
     for p in range(partitions):
         path = partition_dir(state_dir, p)
@@ -88,7 +84,7 @@ def hand_over(state_dir: Path, recovery_dir: Path, kind: str) -> HandOver:
         store = RocksStore(path)
         try:
             users += _refence(store)
-            outbox += _count(store, OUTBOX_PREFIX)
+            outbox += sum(len(c) for c in scan_prefix(store, OUTBOX_PREFIX))
             store.delete_range(OUTBOX_PREFIX, bytes([OUTBOX_PREFIX[0] + 1]))
             (log,) = store.get_many([DEPLOYMENTS_KEY])
             keys, values = ([DEPLOYMENTS_KEY], [without_positions(log)]) if log else ([], [])
@@ -97,8 +93,7 @@ def hand_over(state_dir: Path, recovery_dir: Path, kind: str) -> HandOver:
         finally:
             store.close()
     # The event-time clock (CLOCK_KEY) stays: the next input continues the replay's time.
-    path = state_dir / KIND_FILE
-    path.write_text(json.dumps({"kind": kind}) + "\n")
+    record_input_kind(state_dir, kind)
     # A new recovery directory paired with this state, with no snapshot in it.
     prepare_recovery(recovery_dir, state_dir, run_id(state_dir), True, partitions, 0.0)
     return HandOver(partitions, users, outbox, kind)
@@ -107,22 +102,7 @@ def hand_over(state_dir: Path, recovery_dir: Path, kind: str) -> HandOver:
 def _refence(store: RocksStore) -> int:
     """Clear the replay fence of every user record; returns how many there are."""
     n = 0
-    start, end = USER_PREFIX, bytes([USER_PREFIX[0] + 1])
-    while True:
-        items = store.scan(start, end, _CHUNK)
-        if items:
-            store.write([k for k, _ in items], [without_fence(v) for _, v in items])
-            n += len(items)
-        if len(items) < _CHUNK:
-            return n
-        start = items[-1][0] + b"\x00"
-
-
-def _count(store: RocksStore, prefix: bytes) -> int:
-    n, start, end = 0, prefix, bytes([prefix[0] + 1])
-    while True:
-        items = store.scan(start, end, _CHUNK)
+    for items in scan_prefix(store, USER_PREFIX):
+        store.write([k for k, _ in items], [without_fence(v) for _, v in items])
         n += len(items)
-        if len(items) < _CHUNK:
-            return n
-        start = items[-1][0] + b"\x00"
+    return n

@@ -64,6 +64,18 @@ def ensure_manifest(state_dir: Path, partitions: int, window: int) -> bool:
     return False
 
 
+def read_partitions(state_dir: Path) -> int:
+    """The partition count of an existing state directory.
+
+    Raises:
+        StateError: `state_dir` holds no state (no manifest).
+    """
+    path = state_dir / NAME
+    if not path.exists():
+        raise StateError(f"no state at {state_dir} (missing {NAME}): pass --state-dir")
+    return int(json.loads(path.read_text())["partitions"])
+
+
 def run_id(state_dir: Path) -> str:
     """The identity of the state directory, shared with its recovery directory."""
     return str(json.loads((state_dir / NAME).read_text()).get("run_id", ""))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
@@ -128,3 +128,21 @@ class RocksStore:
 
     def close(self) -> None:
         self._db.close()
+
+
+def scan_prefix(
+    store: RocksStore, prefix: bytes, chunk: int = 50_000
+) -> Iterator[list[tuple[bytes, bytes]]]:
+    """Every key-value pair under a one-byte `prefix`, in key order, `chunk` at a time.
+
+    Each chunk is read afresh, so the caller may write the keys it was given before
+    asking for the next one.
+    """
+    start, end = prefix, bytes([prefix[0] + 1])
+    while True:
+        items = store.scan(start, end, chunk)
+        if items:
+            yield items
+        if len(items) < chunk:
+            return
+        start = items[-1][0] + b"\x00"
