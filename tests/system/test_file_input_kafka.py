@@ -35,31 +35,45 @@ def _comparable(value: bytes) -> tuple[str, str]:
     return d["transaction_id"], json.dumps(d, sort_keys=True)
 
 
+def _kafka_job(broker: Broker, name: str, events: list[tuple[bytes | None, bytes]]) -> dict:
+    """Fresh job topics named after `name`, `events` produced in; the job's Kafka settings."""
+    prefix = f"{name}-{uuid.uuid4().hex[:8]}"
+    bootstrap = broker.bootstrap_servers
+    topics = (f"{prefix}-transactions", f"{prefix}-predictions", f"{prefix}-dead-letters")
+    create_job_topics(admin_client({"bootstrap.servers": bootstrap}), PARTITIONS, *topics, 1 << 20)
+    config = kafka_connection(load_settings(kafka_bootstrap_servers=bootstrap)).producer()
+    check = produce(config, topics[0], PARTITIONS, events)
+    assert check.delivered == len(events) and check.misplaced == 0
+    return {
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "FRAUD_TOPIC_TRANSACTIONS": topics[0],
+        "FRAUD_TOPIC_PREDICTIONS": topics[1],
+        "FRAUD_TOPIC_DEAD_LETTERS": topics[2],
+        "FRAUD_TOPIC_CONTROL": f"{prefix}-no-control",
+        "FRAUD_KAFKA_STOP_AT_END": 1,
+        "FRAUD_PARTITIONS": PARTITIONS,
+    }
+
+
+def _predictions(broker: Broker, env: dict) -> dict[str, str]:
+    """The comparable predictions on the job's predictions topic, by transaction id."""
+    return dict(
+        _comparable(m.value() or b"")
+        for m in messages(
+            {"bootstrap.servers": broker.bootstrap_servers},
+            env["FRAUD_TOPIC_PREDICTIONS"],
+            PARTITIONS,
+        )
+    )
+
+
 @pytest.mark.kafka
 def test_a_file_replay_and_a_kafka_run_give_the_same_predictions(
     kafka_broker: Broker, tmp_path: Path
 ) -> None:
-    prefix = f"parity-{uuid.uuid4().hex[:8]}"
-    bootstrap = kafka_broker.bootstrap_servers
-    topics = (f"{prefix}-transactions", f"{prefix}-predictions", f"{prefix}-dead-letters")
-    create_job_topics(admin_client({"bootstrap.servers": bootstrap}), PARTITIONS, *topics, 1 << 20)
-    config = kafka_connection(load_settings(kafka_bootstrap_servers=bootstrap)).producer()
-    check = produce(config, topics[0], PARTITIONS, generated(USERS, SEED, EVENTS))
-    assert check.delivered == EVENTS and check.misplaced == 0
-    run(
-        JobDirs(tmp_path / "kafka"),
-        KAFKA_BOOTSTRAP_SERVERS=bootstrap,
-        FRAUD_TOPIC_TRANSACTIONS=topics[0],
-        FRAUD_TOPIC_PREDICTIONS=topics[1],
-        FRAUD_TOPIC_DEAD_LETTERS=topics[2],
-        FRAUD_TOPIC_CONTROL=f"{prefix}-no-control",
-        FRAUD_KAFKA_STOP_AT_END=1,
-        FRAUD_PARTITIONS=PARTITIONS,
-    )
-    from_kafka = dict(
-        _comparable(m.value() or b"")
-        for m in messages({"bootstrap.servers": bootstrap}, topics[1], PARTITIONS)
-    )
+    env = _kafka_job(kafka_broker, "parity", list(generated(USERS, SEED, EVENTS)))
+    run(JobDirs(tmp_path / "kafka"), **env)
+    from_kafka = _predictions(kafka_broker, env)
 
     path = tmp_path / "events.jsonl"
     write_file(path, generated(USERS, SEED, EVENTS))
@@ -94,26 +108,8 @@ def test_a_file_replay_warms_the_state_of_a_kafka_run(kafka_broker: Broker, tmp_
     done = hand_over(warm.state, live_recovery, "kafka")
     assert done.partitions == PARTITIONS and done.users > 0 and done.outbox_entries > 0
 
-    prefix = f"warm-{uuid.uuid4().hex[:8]}"
-    bootstrap = kafka_broker.bootstrap_servers
-    topics = (f"{prefix}-transactions", f"{prefix}-predictions", f"{prefix}-dead-letters")
-    create_job_topics(admin_client({"bootstrap.servers": bootstrap}), PARTITIONS, *topics, 1 << 20)
-    config = kafka_connection(load_settings(kafka_bootstrap_servers=bootstrap)).producer()
-    assert produce(config, topics[0], PARTITIONS, live).delivered == len(live)
-    run(
-        warm,
-        KAFKA_BOOTSTRAP_SERVERS=bootstrap,
-        FRAUD_TOPIC_TRANSACTIONS=topics[0],
-        FRAUD_TOPIC_PREDICTIONS=topics[1],
-        FRAUD_TOPIC_DEAD_LETTERS=topics[2],
-        FRAUD_TOPIC_CONTROL=f"{prefix}-no-control",
-        FRAUD_KAFKA_STOP_AT_END=1,
-        FRAUD_PARTITIONS=PARTITIONS,
-        FRAUD_RECOVERY_DIR=live_recovery,
-    )
-    got = dict(
-        _comparable(m.value() or b"")
-        for m in messages({"bootstrap.servers": bootstrap}, topics[1], PARTITIONS)
-    )
+    env = _kafka_job(kafka_broker, "warm", live)
+    run(warm, **env, FRAUD_RECOVERY_DIR=live_recovery)
+    got = _predictions(kafka_broker, env)
     assert len(got) == len(live)
     assert got == {tid: expected[tid] for tid in got}
