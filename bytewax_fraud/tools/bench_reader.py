@@ -91,28 +91,6 @@ def read(
     np.save(out, np.asarray(rows, np.float64).reshape(-1, 3))
 
 
-def _paced(
-    producer: Any, topic: str, msgs: list[tuple[bytes | None, bytes]], rate: float
-) -> list[float]:
-    """Produce at `rate`/s; each message's wall-clock time just before `produce`."""
-    stamps: list[float] = []
-    t0 = time.monotonic()
-    for i, (key, value) in enumerate(msgs):
-        due = t0 + i / rate
-        while (now := time.monotonic()) < due:
-            producer.poll(min(due - now, 0.001))
-        while True:
-            stamps.append(time.time())
-            try:
-                producer.produce(topic, value, key)
-                break
-            except BufferError:
-                stamps.pop()
-                producer.poll(0.001)
-    producer.flush()
-    return stamps
-
-
 def latencies_ms(
     keys: list[bytes | None],
     stamps: list[float],
@@ -209,7 +187,7 @@ def point(
         if job is not None:
             bench._wait_for_messages(conn.consumer("earliest"), t_pred, _PILOT, job, d / "log.txt")
         time.sleep(1.0)
-        stamps = _paced(producer, t_in, msgs[_PILOT:], rate)
+        stamps = bench.produce_paced(producer, t_in, msgs[_PILOT:], rate)
         deadline = time.monotonic() + bench._RUN_TIMEOUT_S
         while reader.poll() is None and time.monotonic() < deadline:
             if job is not None and job.poll() is not None:
