@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bytewax_fraud.tools.bench import _topic_rate, main, parse_args
+from bytewax_fraud.tools.bench.cli import _topic_rate, main, parse_args
 from bytewax_fraud.tools.local_broker import BrokerUnavailable, kafka_libs
 
 

@@ -6,7 +6,7 @@ One run measures, on the same generated workload:
    JSON Lines sinks), as `python -m bytewax.run dataflows.fraud` subprocesses,
    with 1 worker and with N workers (N processes of one worker each, since
    threads share the GIL, and one process of N threads);
-2. the hand-written baselines (`bytewax_fraud.tools.handwritten`): a plain
+2. the hand-written baselines (`bytewax_fraud.tools.bench.handwritten`): a plain
    Python loop over the same generator bytes (generated before its clock
    starts), orjson, user state in a dict of in-memory rows, the same features
    and model, output lines built and discarded, no validation and no
@@ -19,7 +19,7 @@ One run measures, on the same generated workload:
    `FRAUD_BATCH_MAX=1` (one event per scored batch);
 4. the external-call baseline: the same model behind a local HTTP endpoint,
    called once per event by a client that keeps the user state
-   (`bytewax_fraud.tools.bench_http`);
+   (`bytewax_fraud.tools.bench.http`);
 5. the same job through Kafka end to end (`kafka-1w`, and `kafka-Np` with N
    processes): the same number of generated events is produced to a fresh
    input topic (timed on its own), then the job reads it with
@@ -86,7 +86,7 @@ from bytewax_fraud.connectors.kafka.config import KafkaConnection
 from bytewax_fraud.errors import FraudError
 from bytewax_fraud.settings import DEFAULT_MODEL, Settings, load_settings
 from bytewax_fraud.state.manifest import ensure_manifest
-from bytewax_fraud.tools.bench_file import format_file, measure_file
+from bytewax_fraud.tools.bench.file import format_file, measure_file
 from bytewax_fraud.tools.local_broker import BOOTSTRAP_ENV, Broker, BrokerUnavailable, any_broker
 from bytewax_fraud.tools.produce import generated, produce
 from bytewax_fraud.tools.tail import messages
@@ -94,7 +94,7 @@ from bytewax_fraud.tools.tail import messages
 if TYPE_CHECKING:
     from confluent_kafka import Producer
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 WINDOW = int(Settings.model_fields["window"].default)
 TARGET_P99_MS = 20.0
 #: Largest cross-user batch of the hand-written baseline.
@@ -713,10 +713,10 @@ def run_handwritten(
     events: int,
     extra_args: tuple[str, ...] = (),
 ) -> Result:
-    """Run a hand-written loop (`bytewax_fraud.tools.handwritten`) as a subprocess."""
+    """Run a hand-written loop (`bytewax_fraud.tools.bench.handwritten`) as a subprocess."""
     d = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=workdir))
     out = d / "result.json"
-    args = [sys.executable, "-m", "bytewax_fraud.tools.handwritten", "--mode", mode]
+    args = [sys.executable, "-m", "bytewax_fraud.tools.bench.handwritten", "--mode", mode]
     args += ["--events", str(events), "--users", str(cfg.users)]
     args += ["--partitions", str(cfg.partitions), "--seed", str(cfg.seed)]
     args += ["--model", str(cfg.model), "--device", cfg.device, "--out", str(out)]
@@ -753,7 +753,7 @@ def run_http(cfg: BenchConfig, name: str, workdir: Path, *, requests: int, rate:
     """Run the model server and the stateful client as subprocesses and measure them."""
     d = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=workdir))
     env = _base_env()
-    mod = [sys.executable, "-m", "bytewax_fraud.tools.bench_http"]
+    mod = [sys.executable, "-m", "bytewax_fraud.tools.bench.http"]
     server_log = open(d / "server.txt", "wb")  # noqa: SIM115 - closed below
     server = subprocess.Popen(
         [*mod, "serve", "--model", str(cfg.model), "--device", cfg.device],
@@ -916,7 +916,7 @@ def measure(cfg: BenchConfig, workdir: Path, log: Any = print) -> dict[str, Any]
                 f.extra["load"] = frac
                 sweep.append(add(f))
             if cfg.reader_loads:
-                from bytewax_fraud.tools.bench_reader import measure_reader  # imports this
+                from bytewax_fraud.tools.bench.reader import measure_reader  # imports this
 
                 kafka["outside_reader"] = measure_reader(cfg, workdir, broker, top, log)
     if external is not None:
@@ -1043,7 +1043,7 @@ def format_report(report: dict[str, Any]) -> str:
         )
     reader = report["kafka"].get("outside_reader")
     if reader:
-        from bytewax_fraud.tools.bench_reader import format_reader  # imports this module
+        from bytewax_fraud.tools.bench.reader import format_reader  # imports this module
 
         out += ["", *format_reader(reader)]
     return "\n".join(out)

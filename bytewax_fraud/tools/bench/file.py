@@ -17,10 +17,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bytewax_fraud.tools.handwritten import pregenerate
+from bytewax_fraud.tools.bench.handwritten import pregenerate
 
 if TYPE_CHECKING:
-    from bytewax_fraud.tools.bench import BenchConfig
+    from bytewax_fraud.tools.bench.cli import BenchConfig
 
 
 def write_input(cfg: BenchConfig, path: Path) -> int:
@@ -32,7 +32,7 @@ def write_input(cfg: BenchConfig, path: Path) -> int:
 
 def measure_file(cfg: BenchConfig, workdir: Path, log: Any = print) -> dict[str, Any]:
     """Run both file variants on one pre-generated file; their results and ratio."""
-    from bytewax_fraud.tools import bench  # bench imports this module
+    from bytewax_fraud.tools.bench import cli as bench  # cli imports this module
 
     path = workdir / "bench-input.jsonl"
     size = write_input(cfg, path)

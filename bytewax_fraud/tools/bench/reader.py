@@ -14,7 +14,7 @@ The broker alone is measured the same way: the reader reads the input topic
 itself, with no job in between. Rates are fractions of the 1-worker maximum,
 measured first on a backlog (`bench.run_kafka`) unless `--max-rate` gives it.
 
-    python -m bytewax_fraud.tools.bench_reader --loads 0.2,0.5 --json out.json
+    python -m bytewax_fraud.tools.bench.reader --loads 0.2,0.5 --json out.json
 
 `--job-root DIR` runs the job from another checkout (a back-to-back A/B of two
 versions on one broker and one machine).
@@ -40,7 +40,7 @@ from bytewax_fraud.connectors import kafka_connection
 from bytewax_fraud.connectors.kafka.admin import admin_client
 from bytewax_fraud.partitioning import partition_for
 from bytewax_fraud.settings import load_settings
-from bytewax_fraud.tools import bench
+from bytewax_fraud.tools.bench import cli as bench
 from bytewax_fraud.tools.produce import generated
 
 _PILOT = 200
@@ -191,7 +191,7 @@ def point(
         [
             sys.executable,
             "-m",
-            "bytewax_fraud.tools.bench_reader",
+            "bytewax_fraud.tools.bench.reader",
             "read",
             broker.bootstrap_servers,
             t_pred if job else t_in,
