@@ -8,7 +8,7 @@ interval (the exactly-once commit cadence):
 - `alo-2p`, `eos-2p`: the same with 2 processes;
 - `broker-only`: the same messages produced and consumed with no job (the floor).
 
-Throughput is the predictions topic's rate (`bench.run_kafka`; read with
+Throughput is the predictions topic's rate (`kafka.run_kafka`; read with
 read_committed, so an exactly-once run counts only what it committed). The
 latency figures are the job's own (`latency_ms`: source to produce); a
 read_committed consumer sees an exactly-once prediction up to one commit
@@ -27,13 +27,8 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
-from bytewax_fraud.tools.bench.cli import (
-    BenchConfig,
-    Result,
-    bench_broker,
-    run_broker_floor,
-    run_kafka,
-)
+from bytewax_fraud.tools.bench.config import BenchConfig, Result
+from bytewax_fraud.tools.bench.kafka import bench_broker, run_broker_floor, run_kafka
 
 
 def run(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from bytewax_fraud.tools.bench.cli import BenchConfig
+from bytewax_fraud.tools.bench.config import BenchConfig
 from bytewax_fraud.tools.bench.file import format_file, measure_file, write_input
 from bytewax_fraud.tools.bench.handwritten import pregenerate
 
