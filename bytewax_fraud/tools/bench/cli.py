@@ -19,7 +19,7 @@ One run measures, on the same generated workload:
    `FRAUD_BATCH_MAX=1` (one event per scored batch);
 4. the external-call baseline: the same model behind a local HTTP endpoint,
    called once per event by a client that keeps the user state
-   (`bytewax_fraud.tools.bench.http`);
+   (`bytewax_fraud.tools.bench.external_http`);
 5. the same job through Kafka end to end (`kafka-1w`, and `kafka-Np` with N
    processes): the same number of generated events is produced to a fresh
    input topic (timed on its own), then the job reads it with
@@ -68,15 +68,11 @@ from pathlib import Path
 from typing import Any
 
 from bytewax_fraud.tools.bench.baselines import run_handwritten, run_http
+from bytewax_fraud.tools.bench.broker import bench_broker
 from bytewax_fraud.tools.bench.config import QUICK, REFERENCE, TARGET_P99_MS, BenchConfig, Result
 from bytewax_fraud.tools.bench.embedded import run_dataflow
 from bytewax_fraud.tools.bench.file import measure_file
-from bytewax_fraud.tools.bench.kafka import (
-    bench_broker,
-    run_broker_floor,
-    run_kafka,
-    run_kafka_paced,
-)
+from bytewax_fraud.tools.bench.kafka import run_broker_floor, run_kafka, run_kafka_paced
 from bytewax_fraud.tools.bench.plot import plot
 from bytewax_fraud.tools.bench.reader import measure_reader
 from bytewax_fraud.tools.bench.report import format_report, hardware, ratio_targets

@@ -27,8 +27,9 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
+from bytewax_fraud.tools.bench.broker import bench_broker
 from bytewax_fraud.tools.bench.config import BenchConfig, Result
-from bytewax_fraud.tools.bench.kafka import bench_broker, run_broker_floor, run_kafka
+from bytewax_fraud.tools.bench.kafka import run_broker_floor, run_kafka
 
 
 def run(

@@ -40,16 +40,10 @@ from bytewax_fraud.connectors import kafka_connection
 from bytewax_fraud.connectors.kafka.admin import admin_client
 from bytewax_fraud.partitioning import partition_for
 from bytewax_fraud.settings import load_settings
+from bytewax_fraud.tools.bench.broker import bench_broker, kafka_env, kafka_run, wait_for_messages
 from bytewax_fraud.tools.bench.config import ROOT, RUN_TIMEOUT_S, BenchConfig, BenchError
-from bytewax_fraud.tools.bench.kafka import (
-    PRED_POS,
-    bench_broker,
-    kafka_env,
-    kafka_run,
-    run_kafka,
-    wait_for_messages,
-)
-from bytewax_fraud.tools.bench.runner import tail
+from bytewax_fraud.tools.bench.kafka import run_kafka
+from bytewax_fraud.tools.bench.runner import PRED_POS, tail
 from bytewax_fraud.tools.local_broker import Broker
 from bytewax_fraud.tools.produce import generated
 

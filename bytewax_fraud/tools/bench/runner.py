@@ -25,9 +25,10 @@ import numpy as np
 from bytewax_fraud.tools.bench.config import ROOT, RUN_TIMEOUT_S
 from bytewax_fraud.tools.local_broker import BOOTSTRAP_ENV
 
+#: A prediction's `latency_ms` field.
 LATENCY = re.compile(rb'"latency_ms":([^,}]+)')
-
-
+#: Where a prediction names its input (partition, offset).
+PRED_POS = re.compile(rb'"partition":(\d+),"offset":(\d+)')
 #: Peak RSS of each reaped subprocess, by pid (Popen has no place for its rusage).
 _MAXRSS_KIB: dict[int, int] = {}
 

@@ -30,9 +30,10 @@ from typing import Any
 import numpy as np
 
 from bytewax_fraud.settings import DEFAULT_MODEL
+from bytewax_fraud.tools.bench.broker import bench_broker
 from bytewax_fraud.tools.bench.config import BenchConfig
 from bytewax_fraud.tools.bench.embedded import run_dataflow
-from bytewax_fraud.tools.bench.kafka import bench_broker, run_kafka
+from bytewax_fraud.tools.bench.kafka import run_kafka
 from bytewax_fraud.tools.bench.report import hardware
 from bytewax_fraud.tools.produce import generated
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bytewax_fraud.tools.bench.broker import topic_rate
 from bytewax_fraud.tools.bench.cli import main, parse_args
-from bytewax_fraud.tools.bench.kafka import topic_rate
 from bytewax_fraud.tools.local_broker import BrokerUnavailable, kafka_libs
 
 
