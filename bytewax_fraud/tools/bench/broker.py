@@ -62,21 +62,44 @@ def bench_broker(workdir: Path) -> Iterator[tuple[Broker | None, str]]:
 
 
 def produce_paced(
-    producer: Producer, topic: str, msgs: list[tuple[bytes | None, bytes]], rate: float
-) -> None:
-    """Produce `msgs` (key, value) at `rate` messages/s, then flush."""
+    producer: Producer,
+    topic: str,
+    msgs: list[tuple[bytes | None, bytes]],
+    rate: float,
+    tick_s: float = 0.001,
+) -> list[float]:
+    """Produce `msgs` (key, value) at `rate` messages/s, then flush.
+
+    Every message due by now is produced, then the pacer sleeps until the next
+    one is due (at least `tick_s`): it never spins. A pacer that waited in
+    `poll(due - now)` per message spun a core (librdkafka rounds a wait under
+    1 ms to 0), which the job and the broker then lacked on a small machine.
+
+    Returns:
+        Each message's wall-clock time just before its `produce()` (epoch seconds).
+    """
+    stamps: list[float] = []
+    n = len(msgs)
     t0 = time.monotonic()
-    for i, (key, value) in enumerate(msgs):
-        due = t0 + i / rate
-        while (now := time.monotonic()) < due:
-            producer.poll(min(due - now, 0.001))
-        while True:
+    i = 0
+    while i < n:
+        due = min(n, int((time.monotonic() - t0) * rate) + 1)
+        while i < due:
+            key, value = msgs[i]
+            stamp = time.time()
             try:
                 producer.produce(topic, value, key)
-                break
-            except BufferError:
+            except BufferError:  # the local queue is full: serve reports, then retry
                 producer.poll(0.001)
+                continue
+            stamps.append(stamp)
+            i += 1
+        producer.poll(0)
+        wait = t0 + i / rate - time.monotonic()
+        if wait > 0:
+            time.sleep(max(wait, tick_s))
     producer.flush()
+    return stamps
 
 
 def kafka_env(

@@ -40,7 +40,13 @@ from bytewax_fraud.connectors import kafka_connection
 from bytewax_fraud.connectors.kafka.admin import admin_client
 from bytewax_fraud.partitioning import partition_for
 from bytewax_fraud.settings import load_settings
-from bytewax_fraud.tools.bench.broker import bench_broker, kafka_env, kafka_run, wait_for_messages
+from bytewax_fraud.tools.bench.broker import (
+    bench_broker,
+    kafka_env,
+    kafka_run,
+    produce_paced,
+    wait_for_messages,
+)
 from bytewax_fraud.tools.bench.config import ROOT, RUN_TIMEOUT_S, BenchConfig, BenchError
 from bytewax_fraud.tools.bench.kafka import run_kafka
 from bytewax_fraud.tools.bench.runner import PRED_POS, tail
@@ -93,28 +99,6 @@ def read(
                     rows.append((int(pos.group(1)), int(pos.group(2)), now))
     c.close()
     np.save(out, np.asarray(rows, np.float64).reshape(-1, 3))
-
-
-def _paced(
-    producer: Any, topic: str, msgs: list[tuple[bytes | None, bytes]], rate: float
-) -> list[float]:
-    """Produce at `rate`/s; each message's wall-clock time just before `produce`."""
-    stamps: list[float] = []
-    t0 = time.monotonic()
-    for i, (key, value) in enumerate(msgs):
-        due = t0 + i / rate
-        while (now := time.monotonic()) < due:
-            producer.poll(min(due - now, 0.001))
-        while True:
-            stamps.append(time.time())
-            try:
-                producer.produce(topic, value, key)
-                break
-            except BufferError:
-                stamps.pop()
-                producer.poll(0.001)
-    producer.flush()
-    return stamps
 
 
 def latencies_ms(
@@ -213,7 +197,7 @@ def point(
         if job is not None:
             wait_for_messages(conn.consumer("earliest"), t_pred, _PILOT, job, d / "log.txt")
         time.sleep(1.0)
-        stamps = _paced(producer, t_in, msgs[_PILOT:], rate)
+        stamps = produce_paced(producer, t_in, msgs[_PILOT:], rate)
         deadline = time.monotonic() + RUN_TIMEOUT_S
         while reader.poll() is None and time.monotonic() < deadline:
             if job is not None and job.poll() is not None:
