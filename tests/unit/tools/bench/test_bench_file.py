@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from bytewax_fraud.tools.bench import BenchConfig
-from bytewax_fraud.tools.bench_file import format_file, measure_file, write_input
-from bytewax_fraud.tools.handwritten import pregenerate
+from bytewax_fraud.tools.bench.config import BenchConfig
+from bytewax_fraud.tools.bench.file import format_file, measure_file, write_input
+from bytewax_fraud.tools.bench.handwritten import pregenerate
 
 
 def test_the_input_is_the_bytes_the_hand_written_loop_generates(tmp_path: Path) -> None:

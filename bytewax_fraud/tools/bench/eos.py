@@ -8,13 +8,13 @@ interval (the exactly-once commit cadence):
 - `alo-2p`, `eos-2p`: the same with 2 processes;
 - `broker-only`: the same messages produced and consumed with no job (the floor).
 
-Throughput is the predictions topic's rate (`bench.run_kafka`; read with
+Throughput is the predictions topic's rate (`kafka.run_kafka`; read with
 read_committed, so an exactly-once run counts only what it committed). The
 latency figures are the job's own (`latency_ms`: source to produce); a
 read_committed consumer sees an exactly-once prediction up to one commit
 interval later. Prints a table and the ratios eos / alo; `--json` writes them.
 
-    python -m bytewax_fraud.tools.bench_eos [--events N] [--commit-interval S] [--json F]
+    python -m bytewax_fraud.tools.bench.eos [--events N] [--commit-interval S] [--json F]
 """
 
 from __future__ import annotations
@@ -27,7 +27,9 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
-from bytewax_fraud.tools.bench import BenchConfig, Result, bench_broker, run_broker_floor, run_kafka
+from bytewax_fraud.tools.bench.broker import bench_broker
+from bytewax_fraud.tools.bench.config import BenchConfig, Result
+from bytewax_fraud.tools.bench.kafka import run_broker_floor, run_kafka
 
 
 def run(
@@ -71,7 +73,7 @@ def ratios(results: dict[str, Result]) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
-    ap = argparse.ArgumentParser(prog="python -m bytewax_fraud.tools.bench_eos")
+    ap = argparse.ArgumentParser(prog="python -m bytewax_fraud.tools.bench.eos")
     ap.add_argument("--events", type=int, default=200_000, help="events per variant")
     ap.add_argument(
         "--commit-interval", type=float, default=1.0, help="FRAUD_SNAPSHOT_INTERVAL, seconds"

@@ -19,7 +19,7 @@ is loaded with `ModelLoader`, so the arithmetic is the dataflow's.
 
 Run by the benchmark as a subprocess (so that its peak RSS can be read):
 
-    python -m bytewax_fraud.tools.handwritten --mode batched --events N --out R.json
+    python -m bytewax_fraud.tools.bench.handwritten --mode batched --events N --out R.json
 """
 
 from __future__ import annotations
@@ -227,7 +227,7 @@ def run_batched(
 
 def main(argv: list[str] | None = None) -> int:
     """Pre-generate the input, run one mode, write a JSON result."""
-    ap = argparse.ArgumentParser(prog="python -m bytewax_fraud.tools.handwritten")
+    ap = argparse.ArgumentParser(prog="python -m bytewax_fraud.tools.bench.handwritten")
     ap.add_argument("--mode", choices=["per-event", "batched"], required=True)
     ap.add_argument("--events", type=int, required=True)
     ap.add_argument("--users", type=int, default=20_000)

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bytewax_fraud.tools.bench import _topic_rate, main, parse_args
+from bytewax_fraud.tools.bench.broker import topic_rate
+from bytewax_fraud.tools.bench.cli import main, parse_args
 from bytewax_fraud.tools.local_broker import BrokerUnavailable, kafka_libs
 
 
@@ -110,7 +111,7 @@ def test_skip_kafka_flag() -> None:
 
 def test_topic_rate_counts_after_the_first_timestamp_and_skips_the_warmup() -> None:
     ts = np.array([1000, 1000, 1100, 1200, 1500, 2000], np.int64)
-    rate, skip = _topic_rate(ts, warmup_s=0.15, events=6, fallback=-1.0)
+    rate, skip = topic_rate(ts, warmup_s=0.15, events=6, fallback=-1.0)
     assert rate == 4 / 1.0  # 4 messages after t0, over 1 s
     assert skip == 3  # 1000, 1000, 1100 are within 150 ms of the first
-    assert _topic_rate(ts[:2], 0.0, 2, fallback=7.0) == (7.0, 0)  # too short a span
+    assert topic_rate(ts[:2], 0.0, 2, fallback=7.0) == (7.0, 0)  # too short a span

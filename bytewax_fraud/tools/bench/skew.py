@@ -1,6 +1,6 @@
 """Key skew: events/s as one user takes a growing share of the events.
 
-    python -m bytewax_fraud.tools.bench_skew --events 120000 --users 10000 \\
+    python -m bytewax_fraud.tools.bench.skew --events 120000 --users 10000 \\
         --shares 0,0.1,0.3,0.6 --plot docs/skew.png
 
 Each variant reads a Kafka backlog (produced first, then the 1-worker job runs to the
@@ -30,7 +30,11 @@ from typing import Any
 import numpy as np
 
 from bytewax_fraud.settings import DEFAULT_MODEL
-from bytewax_fraud.tools.bench import BenchConfig, bench_broker, hardware, run_dataflow, run_kafka
+from bytewax_fraud.tools.bench.broker import bench_broker
+from bytewax_fraud.tools.bench.config import BenchConfig
+from bytewax_fraud.tools.bench.embedded import run_dataflow
+from bytewax_fraud.tools.bench.kafka import run_kafka
+from bytewax_fraud.tools.bench.report import hardware
 from bytewax_fraud.tools.produce import generated
 
 HOT_USER = b"hot-user"

@@ -12,9 +12,9 @@ or batch size biases the figures.
 
 The broker alone is measured the same way: the reader reads the input topic
 itself, with no job in between. Rates are fractions of the 1-worker maximum,
-measured first on a backlog (`bench.run_kafka`) unless `--max-rate` gives it.
+measured first on a backlog (`kafka.run_kafka`) unless `--max-rate` gives it.
 
-    python -m bytewax_fraud.tools.bench_reader --loads 0.2,0.5 --json out.json
+    python -m bytewax_fraud.tools.bench.reader --loads 0.2,0.5 --json out.json
 
 `--job-root DIR` runs the job from another checkout (a back-to-back A/B of two
 versions on one broker and one machine).
@@ -40,12 +40,22 @@ from bytewax_fraud.connectors import kafka_connection
 from bytewax_fraud.connectors.kafka.admin import admin_client
 from bytewax_fraud.partitioning import partition_for
 from bytewax_fraud.settings import load_settings
-from bytewax_fraud.tools import bench
+from bytewax_fraud.tools.bench.broker import (
+    bench_broker,
+    kafka_env,
+    kafka_run,
+    produce_paced,
+    wait_for_messages,
+)
+from bytewax_fraud.tools.bench.config import ROOT, RUN_TIMEOUT_S, BenchConfig, BenchError
+from bytewax_fraud.tools.bench.kafka import run_kafka
+from bytewax_fraud.tools.bench.runner import PRED_POS, tail
+from bytewax_fraud.tools.local_broker import Broker
 from bytewax_fraud.tools.produce import generated
 
 _PILOT = 200
 #: This checkout (the reader runs from it even where `--job-root` names another).
-_OWN_ROOT = bench.ROOT
+_OWN_ROOT = ROOT
 #: What is measured: the broker alone, the job at-least-once, the job exactly-once.
 VARIANTS = ("broker", "alo", "eos")
 
@@ -69,7 +79,7 @@ def read(
     c.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
     rows: list[tuple[int, int, float]] = []
     own = not topic.endswith("-predictions")
-    deadline = time.monotonic() + bench._RUN_TIMEOUT_S
+    deadline = time.monotonic() + RUN_TIMEOUT_S
     while len(rows) < count and time.monotonic() < deadline:
         # `poll` returns as soon as one message is there (`consume(n, t)` would wait for n
         # or t: a bias of up to t); what else has arrived is drained without waiting.
@@ -84,7 +94,7 @@ def read(
             if own:
                 rows.append((int(m.partition() or 0), int(m.offset() or 0), now))
             else:
-                pos = bench._PRED_POS.search(m.value() or b"")
+                pos = PRED_POS.search(m.value() or b"")
                 if pos is not None:
                     rows.append((int(pos.group(1)), int(pos.group(2)), now))
     c.close()
@@ -129,8 +139,8 @@ def latencies_ms(
 
 
 def point(
-    broker: bench.Broker,
-    cfg: bench.BenchConfig,
+    broker: Broker,
+    cfg: BenchConfig,
     workdir: Path,
     variant: str,
     rate: float,
@@ -142,7 +152,7 @@ def point(
     """One variant (`broker`, `alo`, `eos`) at one rate: the reader's latency percentiles."""
     from confluent_kafka import Producer
 
-    run = bench.kafka_run(cfg, broker, workdir, f"reader-{variant}", "reader")
+    run = kafka_run(cfg, broker, workdir, f"reader-{variant}", "reader")
     d, prefix, t_in, t_pred, t_dl = run.dir, run.prefix, run.t_in, run.t_pred, run.t_dl
     conn = run.conn
     admin = admin_client(conn.admin())
@@ -151,7 +161,7 @@ def point(
     producer = Producer(conn.producer())
     job = None
     if variant != "broker":
-        env = bench._kafka_env(cfg, broker, prefix, t_in, t_pred, t_dl, d)
+        env = kafka_env(cfg, broker, prefix, t_in, t_pred, t_dl, d)
         env.pop("FRAUD_KAFKA_STOP_AT_END")
         env["PYTHONPATH"] = str(job_root)
         env.update(job_env or {})
@@ -169,7 +179,7 @@ def point(
         [
             sys.executable,
             "-m",
-            "bytewax_fraud.tools.bench_reader",
+            "bytewax_fraud.tools.bench.reader",
             "read",
             broker.bootstrap_servers,
             t_pred if job else t_in,
@@ -185,19 +195,17 @@ def point(
             producer.produce(t_in, value, key)
         producer.flush()
         if job is not None:
-            bench._wait_for_messages(conn.consumer("earliest"), t_pred, _PILOT, job, d / "log.txt")
+            wait_for_messages(conn.consumer("earliest"), t_pred, _PILOT, job, d / "log.txt")
         time.sleep(1.0)
-        stamps = bench.produce_paced(producer, t_in, msgs[_PILOT:], rate)
-        deadline = time.monotonic() + bench._RUN_TIMEOUT_S
+        stamps = produce_paced(producer, t_in, msgs[_PILOT:], rate)
+        deadline = time.monotonic() + RUN_TIMEOUT_S
         while reader.poll() is None and time.monotonic() < deadline:
             if job is not None and job.poll() is not None:
-                log_tail = bench._tail(d / "log.txt")
-                raise bench.BenchError(
-                    f"{variant}: the job exited with {job.returncode}:\n{log_tail}"
-                )
+                log_tail = tail(d / "log.txt")
+                raise BenchError(f"{variant}: the job exited with {job.returncode}:\n{log_tail}")
             time.sleep(0.05)
         if reader.poll() != 0:
-            raise bench.BenchError(f"{variant}: the reader exited with {reader.returncode}")
+            raise BenchError(f"{variant}: the reader exited with {reader.returncode}")
     finally:
         for proc in (reader, job):
             if proc is not None and proc.poll() is None:
@@ -222,9 +230,9 @@ def point(
 
 
 def measure_reader(
-    cfg: bench.BenchConfig,
+    cfg: BenchConfig,
     workdir: Path,
-    broker: bench.Broker,
+    broker: Broker,
     top: float,
     log: Any = print,
     variants: tuple[str, ...] = VARIANTS,
@@ -250,7 +258,7 @@ def measure_reader(
                 v,
                 frac * top,
                 cfg.point_seconds,
-                job_root or bench.ROOT,
+                job_root or ROOT,
                 commit_interval,
                 job_env,
             )
@@ -308,23 +316,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-events", type=int, default=100_000, help="backlog of that measure")
     ap.add_argument("--seconds", type=float, default=6.0, help="length of each point")
     ap.add_argument("--commit-interval", type=float, default=1.0, help="eos: seconds")
-    ap.add_argument("--job-root", type=Path, default=bench.ROOT, help="the checkout to run")
+    ap.add_argument("--job-root", type=Path, default=ROOT, help="the checkout to run")
     ap.add_argument("--job-env", action="append", default=[], help="KEY=VALUE for the job")
     ap.add_argument("--json", type=Path, help="write the results here")
     a = ap.parse_args(argv)
-    cfg = bench.BenchConfig(point_seconds=a.seconds)
+    cfg = BenchConfig(point_seconds=a.seconds)
     workdir = Path(tempfile.mkdtemp(prefix="bench-reader-"))
     job_env = dict(kv.split("=", 1) for kv in a.job_env)
     report: dict[str, Any] = {"job_root": str(a.job_root), "job_env": job_env, "points": []}
-    with bench.bench_broker(workdir) as (broker, where):
+    with bench_broker(workdir) as (broker, where):
         if broker is None:
             print(f"no broker: {where}")
             return 2
         top = a.max_rate
         if top is None:
-            bench.ROOT = a.job_root  # the backlog run starts the job from this checkout
-            top = bench.run_kafka(
-                cfg, "kafka-1w", workdir, broker, events=a.max_events
+            # The backlog run starts the job from that checkout.
+            top = run_kafka(
+                cfg, "kafka-1w", workdir, broker, events=a.max_events, job_root=a.job_root
             ).events_per_s
         print(f"1-worker maximum: {top:,.0f} ev/s ({where})")
         cfg = replace(cfg, reader_loads=tuple(float(x) for x in a.loads.split(",")))

@@ -15,12 +15,12 @@ from __future__ import annotations
 import math
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from bytewax_fraud.tools.handwritten import pregenerate
-
-if TYPE_CHECKING:
-    from bytewax_fraud.tools.bench import BenchConfig
+from bytewax_fraud.tools.bench.baselines import run_handwritten
+from bytewax_fraud.tools.bench.config import BenchConfig
+from bytewax_fraud.tools.bench.embedded import run_dataflow
+from bytewax_fraud.tools.bench.handwritten import pregenerate
 
 
 def write_input(cfg: BenchConfig, path: Path) -> int:
@@ -32,15 +32,13 @@ def write_input(cfg: BenchConfig, path: Path) -> int:
 
 def measure_file(cfg: BenchConfig, workdir: Path, log: Any = print) -> dict[str, Any]:
     """Run both file variants on one pre-generated file; their results and ratio."""
-    from bytewax_fraud.tools import bench  # bench imports this module
-
     path = workdir / "bench-input.jsonl"
     size = write_input(cfg, path)
     results = []
     env = {"FRAUD_INPUT": str(path)}
     for r in (
-        bench.run_dataflow(cfg, "embedded-1w-file", workdir, events=cfg.events, extra_env=env),
-        bench.run_handwritten(
+        run_dataflow(cfg, "embedded-1w-file", workdir, events=cfg.events, extra_env=env),
+        run_handwritten(
             cfg,
             "handwritten-batched-file",
             workdir,

@@ -7,7 +7,7 @@ import itertools
 import orjson
 
 from bytewax_fraud.connectors.generator import TransactionGenerator
-from bytewax_fraud.tools.handwritten import _next_batch, pregenerate
+from bytewax_fraud.tools.bench.handwritten import _next_batch, pregenerate
 
 
 def _values(users: list[str]) -> list[bytes]:

@@ -8,8 +8,9 @@ with each call (JSON), and stores the hidden state that comes back.
 Both ends run as subprocesses of the benchmark so that each one's peak RSS can
 be read from `os.wait4`:
 
-    python -m bytewax_fraud.tools.bench_http serve --model M --device cpu
-    python -m bytewax_fraud.tools.bench_http client --port P --hidden H --events N --out R.json
+    python -m bytewax_fraud.tools.bench.external_http serve --model M --device cpu
+    python -m bytewax_fraud.tools.bench.external_http client --port P --hidden H \\
+        --events N --out R.json
 """
 
 from __future__ import annotations
@@ -176,7 +177,7 @@ def run_client(
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the server and client subprocesses."""
-    ap = argparse.ArgumentParser(prog="python -m bytewax_fraud.tools.bench_http")
+    ap = argparse.ArgumentParser(prog="python -m bytewax_fraud.tools.bench.external_http")
     sub = ap.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("serve", help="serve the model on a free local port")
     s.add_argument("--model", type=Path, required=True)

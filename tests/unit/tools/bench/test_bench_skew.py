@@ -8,7 +8,7 @@ from pathlib import Path
 from bytewax_fraud.inference.loader import ModelLoader
 from bytewax_fraud.inference.sequence import batch_shape
 from bytewax_fraud.settings import DEFAULT_MODEL
-from bytewax_fraud.tools.bench_skew import HOT_USER, format_report, hot_messages, model_for
+from bytewax_fraud.tools.bench.skew import HOT_USER, format_report, hot_messages, model_for
 
 
 def test_hot_messages_move_the_share_to_one_user_and_keep_event_time_order() -> None:

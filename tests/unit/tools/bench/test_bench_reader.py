@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from bytewax_fraud.partitioning import partition_for
-from bytewax_fraud.tools.bench_reader import format_reader, latencies_ms
+from bytewax_fraud.tools.bench.reader import format_reader, latencies_ms
 
 
 def test_each_message_is_joined_to_its_own_stamp_by_partition_and_offset() -> None:
