@@ -14,6 +14,7 @@ Run as `python tests/system/eos_kill_points.py [python -m bytewax_fraud args]`.
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import sys
@@ -31,20 +32,20 @@ from bytewax_fraud.connectors.kafka.transactional import (  # noqa: E402
 
 POINT = os.environ.get("EOS_KILL_POINT", "")
 AT = int(os.environ.get("EOS_KILL_AT_COMMIT", "0"))
-_commits = 0
+#: Commits of this process, counted over all partitions (a worker commits its partitions
+#: on threads of their own, so each takes its number atomically).
+_commits = itertools.count(1)
 
 
 def _kill_around(part: _TransactionalPartition) -> _TransactionalPartition:
     commit = part.commit
 
     def killing_commit() -> None:
-        global _commits
-        if part._open:
-            _commits += 1
-        if _commits == AT and POINT == "before-commit":
+        n = next(_commits) if part.is_open else 0
+        if n == AT and POINT == "before-commit":
             os.kill(os.getpid(), signal.SIGKILL)
         commit()
-        if _commits == AT and POINT == "after-commit":
+        if n == AT and POINT == "after-commit":
             os.kill(os.getpid(), signal.SIGKILL)
 
     part.commit = killing_commit  # type: ignore[method-assign]

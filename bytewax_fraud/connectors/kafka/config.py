@@ -151,7 +151,10 @@ class KafkaConnection:
             "acks": "all",
             "enable.idempotence": True,
             "partitioner": "murmur2_random",
-            "linger.ms": 5,
+            # A sink hands librdkafka a whole scored batch at once, so the batch is one
+            # request without lingering; each ms of linger is a ms every prediction waits
+            # (delivery p50 7.5 -> 3.6 ms going from 5 to 1 at 32k msg/s; docs/kafka.md).
+            "linger.ms": 1,
             "message.max.bytes": self.max_message_bytes + 65_536,  # room for headers
         }
         config.update(self.user_properties())

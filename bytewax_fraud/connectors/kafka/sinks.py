@@ -88,7 +88,13 @@ class _ProducerPartition:
     def __init__(self, config: dict[str, Any], topic: str) -> None:
         # Delivery reports (a Python callback each) only for the messages that failed: the
         # sink counts those and raises; a success needs no report (~0.4 us per message).
-        config = {"delivery.report.only.error": True, **config}
+        # The callback is the producer's, not passed per message: a per-message callback
+        # costs another ~0.3 us of `produce` (1.29 vs 0.99 us per message, measured).
+        config = {
+            "delivery.report.only.error": True,
+            **config,
+            "on_delivery": self._on_delivery,
+        }
         try:
             self._producer = Producer(config)
         except KafkaException as exc:
@@ -116,9 +122,7 @@ class _ProducerPartition:
     def _produce(self, key: bytes | None, value: bytes | None, headers: Headers | None) -> None:
         while True:
             try:
-                self._producer.produce(
-                    self._topic, value, key, headers=headers, on_delivery=self._on_delivery
-                )
+                self._producer.produce(self._topic, value, key, headers=headers)
                 return
             except BufferError:
                 # The local queue is full: serve delivery reports until there is room.
@@ -166,10 +170,10 @@ class _PredictionProducer(_ProducerPartition):
     def write(self, scored: ScoredBatch) -> None:
         """Hand one batch's predictions to librdkafka; raise if an earlier one failed."""
         self._raise_failures()
-        produce, topic, report = self._producer.produce, self._topic, self._on_delivery
+        produce, topic = self._producer.produce, self._topic
         for user, line in zip(scored.user_ids, scored.lines, strict=True):
             try:
-                produce(topic, line, user.encode(), on_delivery=report)
+                produce(topic, line, user.encode())
             except (BufferError, KafkaException):  # queue full, or one bad message
                 self._produce(user.encode(), line, None)
         self._producer.poll(0)  # delivery reports of earlier batches, without waiting

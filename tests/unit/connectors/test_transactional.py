@@ -1,17 +1,23 @@
-"""The exactly-once sink's pure parts: committed progress as a group offset, partition routing."""
+"""The exactly-once sink: committed progress as a group offset, routing, a worker's commits."""
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
+import numpy as np
 import pytest
-from confluent_kafka import TopicPartition
+from confluent_kafka import Consumer, TopicPartition
+from kafka_broker import Broker
 
-from bytewax_fraud.connectors import make_outputs
+from bytewax_fraud.connectors import kafka_connection, make_outputs
+from bytewax_fraud.connectors.kafka.admin import admin_client, create_topic
 from bytewax_fraud.connectors.kafka.transactional import KafkaTransactionalSink, Progress
 from bytewax_fraud.errors import SettingsError
 from bytewax_fraud.partitioning import routing_key
+from bytewax_fraud.records import ScoredBatch
 from bytewax_fraud.settings import load_settings
+from bytewax_fraud.tools.tail import messages
 
 
 def test_progress_round_trips_through_a_group_offset() -> None:
@@ -46,3 +52,47 @@ def test_exactly_once_without_kafka_fails_at_start_naming_the_fix(tmp_path: Path
     s = load_settings(kafka_delivery="exactly-once", output_dir=tmp_path)
     with pytest.raises(SettingsError, match="needs Kafka output .* unset FRAUD_KAFKA_DELIVERY"):
         make_outputs(s, fresh=True)
+
+
+def _scored(tag: str, offsets: range) -> ScoredBatch:
+    n = len(offsets)
+    z = np.zeros(n)
+    lines = [f'{{"transaction_id":"{tag}-{o}"}}'.encode() for o in offsets]
+    users = [f"u{o % 7}" for o in offsets]
+    return ScoredBatch(
+        users, lines, z, z, z.astype(np.int64) - 1, 0, 0, offsets=np.asarray(offsets, np.int64)
+    )
+
+
+@pytest.mark.kafka
+def test_the_first_snapshot_of_an_epoch_commits_every_open_transaction_of_the_worker(
+    kafka_broker: Broker,
+) -> None:
+    # Bytewax snapshots a worker's sink partitions one after another once the epoch is
+    # closed; the first commits all of them at once (CommitGroup), the others find theirs
+    # committed. Each partition's progress is its own group offset.
+    prefix = f"group-{uuid.uuid4().hex[:8]}"
+    topics = (f"{prefix}-tx", f"{prefix}-p", f"{prefix}-d")
+    admin = admin_client({"bootstrap.servers": kafka_broker.bootstrap_servers})
+    for t in topics:
+        create_topic(admin, t, 3)
+    conn = kafka_connection(load_settings(kafka_bootstrap_servers=kafka_broker.bootstrap_servers))
+    sink = KafkaTransactionalSink(3, topics, conn.producer(), conn.consumer(), prefix)
+    parts = [sink.build_part("out", name, None) for name in sink.list_parts()]
+    for p, part in enumerate(parts):
+        part.write_batch([_scored(f"p{p}", range(10 * p, 10 * p + 10))])
+    assert all(part.is_open for part in parts)
+    parts[0].snapshot()
+    assert not any(part.is_open for part in parts)  # all three committed by the first
+    for part in parts[1:]:
+        part.snapshot()  # nothing left to commit
+    reader = Consumer({**conn.consumer(), "group.id": prefix})
+    got = reader.committed([TopicPartition(topics[0], p) for p in range(3)], 30)
+    reader.close()
+    assert [tp.offset for tp in got] == [10, 20, 30]  # the next input offset of each
+    read_committed = {**conn.consumer("earliest"), "isolation.level": "read_committed"}
+    lines = sorted(m.value() or b"" for m in messages(read_committed, topics[1], 3))
+    want = [line for p in range(3) for line in _scored(f"p{p}", range(10 * p, 10 * p + 10)).lines]
+    assert lines == sorted(want)
+    for part in parts:
+        part.close()
