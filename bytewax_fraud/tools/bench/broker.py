@@ -61,6 +61,19 @@ def bench_broker(workdir: Path) -> Iterator[tuple[Broker | None, str]]:
         yield broker, f"{where} at {broker.bootstrap_servers}"
 
 
+#: How long the bench's input producer lingers: what upstream clients do (the Java
+#: client's default since Kafka 4.0), fixed here so that the broker-alone floor does not
+#: move when the job's own producer defaults change.
+INPUT_LINGER_MS = 5
+
+
+def input_producer(conn: KafkaConnection) -> Producer:
+    """The producer of the bench's input messages (the job's settings, upstream's linger)."""
+    from confluent_kafka import Producer
+
+    return Producer({**conn.producer(), "linger.ms": INPUT_LINGER_MS})
+
+
 def produce_paced(
     producer: Producer,
     topic: str,

@@ -24,7 +24,9 @@ from bytewax_fraud.connectors import kafka_connection
 from bytewax_fraud.connectors.kafka.admin import admin_client, create_job_topics
 from bytewax_fraud.settings import Settings, load_settings
 from bytewax_fraud.tools.bench.broker import (
+    INPUT_LINGER_MS,
     KafkaRun,
+    input_producer,
     kafka_env,
     kafka_run,
     produce_paced,
@@ -78,7 +80,7 @@ def run_kafka(
     # Generated first, so that the producing rate is the client's and the broker's alone.
     msgs = list(generated(cfg.users, cfg.seed, events)) if produced is None else produced
     t0 = time.monotonic()
-    produce(run.conn.producer(), t_in, cfg.partitions, msgs)
+    produce({**run.conn.producer(), "linger.ms": INPUT_LINGER_MS}, t_in, cfg.partitions, msgs)
     produce_s = time.monotonic() - t0
     del msgs
 
@@ -179,7 +181,6 @@ def run_kafka_paced(
     both topics, at the brokers' millisecond resolution. Events produced in the
     first `--warmup-s` seconds are not counted.
     """
-    from confluent_kafka import Producer
 
     run = kafka_run(cfg, broker, workdir, name.replace("%", "pct"), "bench")
     d, prefix, t_in, t_pred, t_dl = run.dir, run.prefix, run.t_in, run.t_pred, run.t_dl
@@ -190,7 +191,7 @@ def run_kafka_paced(
     env = kafka_env(cfg, broker, prefix, t_in, t_pred, t_dl, d)
     env.pop("FRAUD_KAFKA_STOP_AT_END")
     cmd = [sys.executable, "-m", "bytewax.run", "dataflows.fraud"]
-    producer = Producer(conn.producer())
+    producer = input_producer(conn)
     with open(d / "log.txt", "wb") as log:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -259,7 +260,7 @@ def run_broker_floor(
     """
     import threading
 
-    from confluent_kafka import Consumer, Producer, TopicPartition
+    from confluent_kafka import Consumer, TopicPartition
 
     s = load_settings(kafka_bootstrap_servers=broker.bootstrap_servers, partitions=cfg.partitions)
     conn = kafka_connection(s)
@@ -287,7 +288,7 @@ def run_broker_floor(
     deadline = time.monotonic() + RUN_TIMEOUT_S
     reader = threading.Thread(target=consume, daemon=True)
     reader.start()
-    producer = Producer(conn.producer())
+    producer = input_producer(conn)
     produce_paced(producer, topic, msgs, rate)
     deadline = time.monotonic() + 30.0
     done.set()

@@ -54,6 +54,7 @@ def plot(report: dict[str, Any], path: Path) -> bool:
     reader_styles = {
         "broker": ("black", "broker alone"),
         "alo": ("tab:green", "Kafka at-least-once"),
+        "alo-r": ("tab:olive", "Kafka at-least-once, 5 s snapshots"),
         "eos": ("tab:purple", "Kafka exactly-once"),
     }
     for variant, (color, label) in reader_styles.items():

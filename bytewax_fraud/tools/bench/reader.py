@@ -42,6 +42,7 @@ from bytewax_fraud.partitioning import partition_for
 from bytewax_fraud.settings import load_settings
 from bytewax_fraud.tools.bench.broker import (
     bench_broker,
+    input_producer,
     kafka_env,
     kafka_run,
     produce_paced,
@@ -56,8 +57,11 @@ from bytewax_fraud.tools.produce import generated
 _PILOT = 200
 #: This checkout (the reader runs from it even where `--job-root` names another).
 _OWN_ROOT = ROOT
-#: What is measured: the broker alone, the job at-least-once, the job exactly-once.
-VARIANTS = ("broker", "alo", "eos")
+#: What is measured: the broker alone; the job at-least-once without recovery (`alo`,
+#: `python -m bytewax.run dataflows.fraud`) and with it (`alo-r`: `python -m bytewax_fraud`
+#: with a recovery directory and the default 5 s snapshots, as `make run` runs it; each
+#: snapshot pauses the input while the epoch drains); the job exactly-once.
+VARIANTS = ("broker", "alo", "alo-r", "eos")
 
 
 def read(
@@ -149,8 +153,7 @@ def point(
     commit_interval: float,
     job_env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """One variant (`broker`, `alo`, `eos`) at one rate: the reader's latency percentiles."""
-    from confluent_kafka import Producer
+    """One variant (see `VARIANTS`) at one rate: the reader's latency percentiles."""
 
     run = kafka_run(cfg, broker, workdir, f"reader-{variant}", "reader")
     d, prefix, t_in, t_pred, t_dl = run.dir, run.prefix, run.t_in, run.t_pred, run.t_dl
@@ -158,7 +161,7 @@ def point(
     admin = admin_client(conn.admin())
     events = max(int(rate * seconds), 50 * cfg.partitions)
     msgs = list(generated(cfg.users, cfg.seed, _PILOT + events))
-    producer = Producer(conn.producer())
+    producer = input_producer(conn)
     job = None
     if variant != "broker":
         env = kafka_env(cfg, broker, prefix, t_in, t_pred, t_dl, d)
@@ -166,12 +169,13 @@ def point(
         env["PYTHONPATH"] = str(job_root)
         env.update(job_env or {})
         cmd = [sys.executable, "-m", "bytewax.run", "dataflows.fraud"]
-        if variant == "eos":
-            env["FRAUD_KAFKA_DELIVERY"] = "exactly-once"
+        if variant in ("alo-r", "eos"):  # as `make run` runs it: resumable, with snapshots
             env["FRAUD_RECOVERY_DIR"] = str(d / "recovery")
-            env["FRAUD_SNAPSHOT_INTERVAL"] = str(commit_interval)
             cmd = [sys.executable, "-m", "bytewax_fraud"]
             (d / "state").rename(d / "state-unused")
+        if variant == "eos":
+            env["FRAUD_KAFKA_DELIVERY"] = "exactly-once"
+            env["FRAUD_SNAPSHOT_INTERVAL"] = str(commit_interval)
         with open(d / "log.txt", "wb") as log:
             job = subprocess.Popen(cmd, cwd=job_root, env=env, stdout=log, stderr=subprocess.STDOUT)
     out = d / "reader.npy"
@@ -311,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     ap.add_argument("--loads", default="0.2,0.5", help="fractions of the 1-worker maximum")
-    ap.add_argument("--variants", default="broker,alo,eos", help="broker, alo, eos")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help=", ".join(VARIANTS))
     ap.add_argument("--max-rate", type=float, help="the 1-worker maximum (default: measured)")
     ap.add_argument("--max-events", type=int, default=100_000, help="backlog of that measure")
     ap.add_argument("--seconds", type=float, default=6.0, help="length of each point")
