@@ -58,11 +58,11 @@ def test_quick_benchmark_reports_every_variant(tmp_path: Path) -> None:
         # The outside reader's view: every path at each load, with its margin over the broker.
         reader = kafka["outside_reader"]
         assert {(p["variant"], p["load"]) for p in reader["points"]} == {
-            (v, 0.5) for v in ("broker", "alo", "eos")
+            (v, 0.5) for v in ("broker", "alo", "alo-r", "eos")
         }
         for p in reader["points"]:
             assert p["counted"] > 0 and 0 <= p["p50_ms"] <= p["p99_ms"], p
-        assert set(reader["p99_over_broker_ms"]["50%"]) == {"alo", "eos"}
+        assert set(reader["p99_over_broker_ms"]["50%"]) == {"alo", "alo-r", "eos"}
     else:
         assert kafka["ran"] is False and kafka["reason"]
     assert set(variants) == expected
