@@ -4,12 +4,13 @@ Each state partition owns one producer with a stable `transactional.id`
 (`<prefix>-<partition>`), so the broker fences any other process that writes
 for the partition: a restarted, rescaled or stale one. A transaction holds
 everything the partition wrote since the last snapshot and commits when Bytewax
-snapshots it (at each epoch close, `FRAUD_SNAPSHOT_INTERVAL`). By then every
-output of every input event of the epoch has reached this sink, so "all the
-outputs of the partition's input offsets up to N" is a fact that can be
-committed: the same transaction commits it as the consumer-group offset N + 1 of
-the input partition (group `<prefix>`; other sources, such as the control topic,
-ride in that offset's metadata).
+snapshots it (at each epoch close, `FRAUD_SNAPSHOT_INTERVAL`), and, with
+`FRAUD_KAFKA_COMMIT_INTERVAL`, that often between snapshots too (`CommitGroup`).
+By then every output of the partition's input events up to some offset N has
+reached this sink, so "all the outputs of the partition's input offsets up to N"
+is a fact that can be committed: the same transaction commits it as the
+consumer-group offset N + 1 of the input partition (group `<prefix>`; other
+sources, such as the control topic, ride in that offset's metadata).
 
 librdkafka cannot resume a transaction a dead process left open:
 `init_transactions` aborts it. So at start a partition reads its committed
@@ -223,6 +224,8 @@ class _TransactionalPartition(StatefulSinkPartition[Output, None]):
     def write_batch(self, values: list[Output]) -> None:
         try:
             self._write(values)
+            if self._group.due():
+                self._group.commit_open()
         except BaseException:
             self._failed.set()
             raise
@@ -344,12 +347,32 @@ class CommitGroup:
     at once, one thread each (librdkafka waits without the GIL), and waits for
     all; the later snapshots find theirs committed. A failure is raised as the
     partition's own commit would raise it.
+
+    With an `interval` (FRAUD_KAFKA_COMMIT_INTERVAL), a write also commits the
+    group once that long has passed since its last commit, so a read_committed
+    reader waits about the interval, not the snapshot interval, and the input does
+    not pause for it. That is safe between snapshots because a transaction commits
+    only outputs already produced, with the input progress they cover: after a
+    crash, Bytewax resumes from its last snapshot, at or below that progress, and
+    the replayed outputs at or below it are skipped (`Progress.covers`), the case
+    of a kill between a commit and its snapshot.
     """
 
-    def __init__(self) -> None:
-        """An empty group; partitions add themselves when built."""
+    def __init__(self, interval: float | None = None) -> None:
+        """An empty group; partitions add themselves when built.
+
+        Args:
+            interval: Also commit this often (seconds) between snapshots, from a write
+                (FRAUD_KAFKA_COMMIT_INTERVAL); None: at snapshots only.
+        """
         self._parts: list[_TransactionalPartition] = []
         self._pool: ThreadPoolExecutor | None = None
+        self._interval = interval
+        self._last = time.monotonic()
+
+    def due(self) -> bool:
+        """Whether a commit between snapshots is due (`interval` passed since the last)."""
+        return self._interval is not None and time.monotonic() - self._last >= self._interval
 
     def add(self, part: _TransactionalPartition) -> None:
         """Commit `part` with the others from now on."""
@@ -364,6 +387,7 @@ class CommitGroup:
 
     def commit_open(self) -> None:
         """Commit every open transaction of the group; raise the first failure, in order."""
+        self._last = time.monotonic()
         due = [p for p in self._parts if p.is_open]
         if len(due) <= 1:
             for part in due:
@@ -392,6 +416,7 @@ class KafkaTransactionalSink(FixedPartitionedSink[Output, None]):
         producer_config: dict[str, Any],
         consumer_config: dict[str, Any],
         txn_prefix: str,
+        commit_interval: float | None = None,
     ) -> None:
         """Write for `partitions` state partitions.
 
@@ -401,12 +426,15 @@ class KafkaTransactionalSink(FixedPartitionedSink[Output, None]):
             producer_config: Properties of the producers (a transactional.id is added).
             consumer_config: Properties of the client that reads the committed progress.
             txn_prefix: `transactional.id` = `<txn_prefix>-<partition>`; also the group.
+            commit_interval: Also commit this often between snapshots (seconds; None: at
+                each snapshot only).
         """
         self.partitions = partitions
         self.topics = topics
         self._producer_config = producer_config
         self._consumer_config = consumer_config
         self.txn_prefix = txn_prefix
+        self.commit_interval = commit_interval
         #: Set once a partition of this process raised (see `_TransactionalPartition.close`).
         self._failed = threading.Event()
         #: Each worker thread's partitions, committed together (`CommitGroup`).
@@ -425,7 +453,9 @@ class KafkaTransactionalSink(FixedPartitionedSink[Output, None]):
     ) -> _TransactionalPartition:
         p = int(for_part)
         with self._lock:  # Bytewax builds a partition on the worker thread that holds it
-            group = self._groups.setdefault(threading.get_ident(), CommitGroup())
+            group = self._groups.setdefault(
+                threading.get_ident(), CommitGroup(self.commit_interval)
+            )
         return _TransactionalPartition(
             self._producer_config,
             self._consumer_config,
