@@ -127,8 +127,7 @@ class _TransactionalPartition(StatefulSinkPartition[Output, None]):
     ) -> None:
         self._input, self._predictions, self._dead_letters = topics
         self._failed = failed
-        self._group = group or CommitGroup()
-        self._group.add(self)
+        self._group = group or CommitGroup(failed=failed)
         self._partition = partition
         self._txn_id = txn_id
         # librdkafka caps a transactional producer's message.timeout.ms at
@@ -157,6 +156,7 @@ class _TransactionalPartition(StatefulSinkPartition[Output, None]):
         self._seen = dict(self.fence.offsets)
         self._pending: list[_Message] = []
         self._open = False
+        self._group.add(self)  # last: from now on a timed commit may look at this partition
 
     def _check(self, err: KafkaError, what: str) -> None:
         """Raise for a fatal `err` (naming its cause), else return."""
@@ -223,9 +223,9 @@ class _TransactionalPartition(StatefulSinkPartition[Output, None]):
 
     def write_batch(self, values: list[Output]) -> None:
         try:
-            self._write(values)
-            if self._group.due():
-                self._group.commit_open()
+            with self._group.lock:
+                self._group.raise_timed_failure()
+                self._write(values)
         except BaseException:
             self._failed.set()
             raise
@@ -312,7 +312,9 @@ class _TransactionalPartition(StatefulSinkPartition[Output, None]):
 
     def snapshot(self) -> None:
         try:
-            self._group.commit_open()
+            with self._group.lock:
+                self._group.raise_timed_failure()
+                self._group.commit_open()
         except BaseException:
             self._failed.set()
             raise
@@ -323,11 +325,15 @@ class _TransactionalPartition(StatefulSinkPartition[Output, None]):
         # process failed, the others (all fenced alike, say) commit nothing more. What they
         # left open is aborted by the next run's init_transactions.
         if self._failed.is_set():
+            self._group.remove(self)
             return
         try:
-            self.commit()
+            with self._group.lock:
+                self._group.raise_timed_failure()
+                self.commit()
         except BaseException:
             self._failed.set()
+            self._group.remove(self)
             raise
         self._reader.close()
         self._producer.flush(5)
@@ -348,45 +354,84 @@ class CommitGroup:
     all; the later snapshots find theirs committed. A failure is raised as the
     partition's own commit would raise it.
 
-    With an `interval` (FRAUD_KAFKA_COMMIT_INTERVAL), a write also commits the
-    group once that long has passed since its last commit, so a read_committed
-    reader waits about the interval, not the snapshot interval, and the input does
-    not pause for it. That is safe between snapshots because a transaction commits
+    With an `interval` (FRAUD_KAFKA_COMMIT_INTERVAL), a thread of the group also
+    commits it that long after its last commit, new writes or not (between whole
+    writes: `lock`), so a read_committed reader waits about the interval, not the
+    snapshot interval, and the input does not pause for it. What such a commit
+    raises is raised on the worker by its next write, snapshot or close. That is safe between snapshots because a transaction commits
     only outputs already produced, with the input progress they cover: after a
     crash, Bytewax resumes from its last snapshot, at or below that progress, and
     the replayed outputs at or below it are skipped (`Progress.covers`), the case
     of a kill between a commit and its snapshot.
     """
 
-    def __init__(self, interval: float | None = None) -> None:
+    def __init__(
+        self, interval: float | None = None, failed: threading.Event | None = None
+    ) -> None:
         """An empty group; partitions add themselves when built.
 
         Args:
-            interval: Also commit this often (seconds) between snapshots, from a write
+            interval: Also commit this often (seconds) between snapshots
                 (FRAUD_KAFKA_COMMIT_INTERVAL); None: at snapshots only.
+            failed: Set once a partition of the process failed: no timed commit after it.
         """
+        self._failed = failed or threading.Event()
         self._parts: list[_TransactionalPartition] = []
         self._pool: ThreadPoolExecutor | None = None
         self._interval = interval
         self._last = time.monotonic()
-
-    def due(self) -> bool:
-        """Whether a commit between snapshots is due (`interval` passed since the last)."""
-        return self._interval is not None and time.monotonic() - self._last >= self._interval
+        #: Held by a write, a snapshot or a timed commit: a commit sees whole writes only.
+        self.lock = threading.Lock()
+        #: What a timed commit raised; raised again by the worker's next write or snapshot.
+        self._error: BaseException | None = None
+        self._stop = threading.Event()
+        self._timer: threading.Thread | None = None
 
     def add(self, part: _TransactionalPartition) -> None:
         """Commit `part` with the others from now on."""
         self._parts.append(part)
+        if self._interval is not None and self._timer is None:
+            self._timer = threading.Thread(target=self._commit_on_time, daemon=True)
+            self._timer.start()
 
     def remove(self, part: _TransactionalPartition) -> None:
         """`part` is closed; the threads end with the last one."""
         self._parts = [p for p in self._parts if p is not part]
-        if not self._parts and self._pool is not None:
-            self._pool.shutdown(wait=False)
-            self._pool = None
+        if not self._parts:
+            self._stop.set()
+            if self._pool is not None:
+                self._pool.shutdown(wait=False)
+                self._pool = None
+
+    def raise_timed_failure(self) -> None:
+        """Raise what a timed commit raised (call with `lock` held)."""
+        if self._error is not None:
+            raise self._error
+
+    def _commit_on_time(self) -> None:
+        """Commit every `interval`, with or without new writes, until the group is closed.
+
+        A commit only at a write would leave the outputs after the last write of a
+        burst open until the next snapshot.
+        """
+        assert self._interval is not None
+        while not self._stop.wait(max(self._last + self._interval - time.monotonic(), 0.001)):
+            with self.lock:
+                if self._error is not None or self._failed.is_set():
+                    return
+                if time.monotonic() - self._last < self._interval:
+                    continue  # a snapshot committed meanwhile
+                try:
+                    self.commit_open()
+                except BaseException as exc:  # noqa: BLE001 - raised on the worker's thread
+                    self._error = exc
+                    return
 
     def commit_open(self) -> None:
-        """Commit every open transaction of the group; raise the first failure, in order."""
+        """Commit every open transaction of the group; raise the first failure, in order.
+
+        Call with `lock` held.
+        """
         self._last = time.monotonic()
         due = [p for p in self._parts if p.is_open]
         if len(due) <= 1:
@@ -454,7 +499,7 @@ class KafkaTransactionalSink(FixedPartitionedSink[Output, None]):
         p = int(for_part)
         with self._lock:  # Bytewax builds a partition on the worker thread that holds it
             group = self._groups.setdefault(
-                threading.get_ident(), CommitGroup(self.commit_interval)
+                threading.get_ident(), CommitGroup(self.commit_interval, self._failed)
             )
         return _TransactionalPartition(
             self._producer_config,
