@@ -358,11 +358,12 @@ class CommitGroup:
     commits it that long after its last commit, new writes or not (between whole
     writes: `lock`), so a read_committed reader waits about the interval, not the
     snapshot interval, and the input does not pause for it. What such a commit
-    raises is raised on the worker by its next write, snapshot or close. That is safe between snapshots because a transaction commits
-    only outputs already produced, with the input progress they cover: after a
-    crash, Bytewax resumes from its last snapshot, at or below that progress, and
-    the replayed outputs at or below it are skipped (`Progress.covers`), the case
-    of a kill between a commit and its snapshot.
+    raises is raised on the worker by its next write, snapshot or close. That is
+    safe between snapshots because a transaction commits only outputs already
+    produced, with the input progress they cover: after a crash, Bytewax resumes
+    from its last snapshot, at or below that progress, and the replayed outputs at
+    or below it are skipped (`Progress.covers`), the case of a kill between a
+    commit and its snapshot.
     """
 
     def __init__(
