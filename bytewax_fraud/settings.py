@@ -233,14 +233,6 @@ class Settings(BaseSettings):
             " isolation.level=read_committed; at-least-once: a crash may write outputs again"
         ),
     )
-    kafka_commit_interval: float | None = Field(
-        None,
-        gt=0,
-        description=(
-            "exactly-once: also commit every this many seconds between snapshots (what a"
-            " read_committed reader waits for an output); default: at each snapshot only"
-        ),
-    )
     kafka_transactional_id: str | None = Field(
         None,
         description=(

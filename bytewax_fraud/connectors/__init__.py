@@ -164,31 +164,12 @@ class Outputs:
     exactly_once: Sink[Any] | None = None
 
 
-def _check_commit_interval(s: Settings) -> None:
-    """FRAUD_KAFKA_COMMIT_INTERVAL only means something between exactly-once snapshots."""
-    interval = s.kafka_commit_interval
-    if interval is None:
-        return
-    if s.kafka_delivery != "exactly-once":
-        raise SettingsError(
-            "FRAUD_KAFKA_COMMIT_INTERVAL applies to FRAUD_KAFKA_DELIVERY=exactly-once only"
-            " (at-least-once output is visible at once): unset it, or set exactly-once"
-        )
-    if interval >= s.snapshot_interval:
-        raise SettingsError(
-            f"FRAUD_KAFKA_COMMIT_INTERVAL ({interval:g} s) is not shorter than"
-            f" FRAUD_SNAPSHOT_INTERVAL ({s.snapshot_interval:g} s), and every snapshot commits"
-            " anyway: lower it, or unset it"
-        )
-
-
 def make_outputs(s: Settings, fresh: bool) -> Outputs:
     """The sinks of this run; a fresh run truncates the files, a resumed one keeps them."""
     if s.kafka_bootstrap_servers:
         conn = kafka_connection(s)
         producer = conn.producer()
         exactly_once = None
-        _check_commit_interval(s)
         if s.kafka_delivery == "exactly-once":
             exactly_once = KafkaTransactionalSink(
                 s.partitions,
@@ -196,7 +177,6 @@ def make_outputs(s: Settings, fresh: bool) -> Outputs:
                 producer,
                 conn.consumer(s.start),
                 s.kafka_transactional_id or f"bytewax-fraud-{s.topic_predictions}",
-                s.kafka_commit_interval,
             )
         return Outputs(
             KafkaPredictionSink(s.topic_predictions, producer, s.partitions),

@@ -233,21 +233,6 @@ def test_kills_at_injected_points_and_at_random_write_everything_once(
     print(f"\nkills: 3 injected + {hits}/3 random hit; read_uncommitted saw {raw.seen_twice} dups")
 
 
-def test_commits_between_snapshots_with_kills_write_everything_once(
-    topics: Topics, twin: Outputs, tmp_path: Path
-) -> None:
-    """FRAUD_KAFKA_COMMIT_INTERVAL: commits between 2 s snapshots, killed after such a commit.
-
-    A kill after a commit between snapshots resumes from a snapshot older than the
-    committed progress: the replayed outputs at or below it must be skipped.
-    """
-    env = topics.env("interval", FRAUD_KAFKA_COMMIT_INTERVAL="0.2", FRAUD_SNAPSHOT_INTERVAL="2")
-    injected = [("after-commit", 6), ("before-commit", 9)]
-    hits = kill_and_resume(topics, JobDirs(tmp_path), env, injected, 2, SEED + 1)
-    assert_exactly_once(read(topics.bootstrap, topics.outputs("interval")), twin)
-    print(f"\ncommit interval: 2 injected + {hits}/2 random kills")
-
-
 def test_a_stale_process_is_fenced_and_writes_nothing_visible(
     topics: Topics, twin: Outputs, tmp_path: Path
 ) -> None:

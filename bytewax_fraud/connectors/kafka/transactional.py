@@ -4,13 +4,12 @@ Each state partition owns one producer with a stable `transactional.id`
 (`<prefix>-<partition>`), so the broker fences any other process that writes
 for the partition: a restarted, rescaled or stale one. A transaction holds
 everything the partition wrote since the last snapshot and commits when Bytewax
-snapshots it (at each epoch close, `FRAUD_SNAPSHOT_INTERVAL`), and, with
-`FRAUD_KAFKA_COMMIT_INTERVAL`, that often between snapshots too (`CommitGroup`).
-By then every output of the partition's input events up to some offset N has
-reached this sink, so "all the outputs of the partition's input offsets up to N"
-is a fact that can be committed: the same transaction commits it as the
-consumer-group offset N + 1 of the input partition (group `<prefix>`; other
-sources, such as the control topic, ride in that offset's metadata).
+snapshots it (at each epoch close, `FRAUD_SNAPSHOT_INTERVAL`). By then every
+output of every input event of the epoch has reached this sink, so "all the
+outputs of the partition's input offsets up to N" is a fact that can be
+committed: the same transaction commits it as the consumer-group offset N + 1 of
+the input partition (group `<prefix>`; other sources, such as the control topic,
+ride in that offset's metadata).
 
 librdkafka cannot resume a transaction a dead process left open:
 `init_transactions` aborts it. So at start a partition reads its committed
@@ -127,7 +126,8 @@ class _TransactionalPartition(StatefulSinkPartition[Output, None]):
     ) -> None:
         self._input, self._predictions, self._dead_letters = topics
         self._failed = failed
-        self._group = group or CommitGroup(failed=failed)
+        self._group = group or CommitGroup()
+        self._group.add(self)
         self._partition = partition
         self._txn_id = txn_id
         # librdkafka caps a transactional producer's message.timeout.ms at
@@ -156,7 +156,6 @@ class _TransactionalPartition(StatefulSinkPartition[Output, None]):
         self._seen = dict(self.fence.offsets)
         self._pending: list[_Message] = []
         self._open = False
-        self._group.add(self)  # last: from now on a timed commit may look at this partition
 
     def _check(self, err: KafkaError, what: str) -> None:
         """Raise for a fatal `err` (naming its cause), else return."""
@@ -223,9 +222,7 @@ class _TransactionalPartition(StatefulSinkPartition[Output, None]):
 
     def write_batch(self, values: list[Output]) -> None:
         try:
-            with self._group.lock:
-                self._group.raise_timed_failure()
-                self._write(values)
+            self._write(values)
         except BaseException:
             self._failed.set()
             raise
@@ -312,9 +309,7 @@ class _TransactionalPartition(StatefulSinkPartition[Output, None]):
 
     def snapshot(self) -> None:
         try:
-            with self._group.lock:
-                self._group.raise_timed_failure()
-                self._group.commit_open()
+            self._group.commit_open()
         except BaseException:
             self._failed.set()
             raise
@@ -325,15 +320,11 @@ class _TransactionalPartition(StatefulSinkPartition[Output, None]):
         # process failed, the others (all fenced alike, say) commit nothing more. What they
         # left open is aborted by the next run's init_transactions.
         if self._failed.is_set():
-            self._group.remove(self)
             return
         try:
-            with self._group.lock:
-                self._group.raise_timed_failure()
-                self.commit()
+            self.commit()
         except BaseException:
             self._failed.set()
-            self._group.remove(self)
             raise
         self._reader.close()
         self._producer.flush(5)
@@ -353,87 +344,26 @@ class CommitGroup:
     at once, one thread each (librdkafka waits without the GIL), and waits for
     all; the later snapshots find theirs committed. A failure is raised as the
     partition's own commit would raise it.
-
-    With an `interval` (FRAUD_KAFKA_COMMIT_INTERVAL), a thread of the group also
-    commits it that long after its last commit, new writes or not (between whole
-    writes: `lock`), so a read_committed reader waits about the interval, not the
-    snapshot interval, and the input does not pause for it. What such a commit
-    raises is raised on the worker by its next write, snapshot or close. That is
-    safe between snapshots because a transaction commits only outputs already
-    produced, with the input progress they cover: after a crash, Bytewax resumes
-    from its last snapshot, at or below that progress, and the replayed outputs at
-    or below it are skipped (`Progress.covers`), the case of a kill between a
-    commit and its snapshot.
     """
 
-    def __init__(
-        self, interval: float | None = None, failed: threading.Event | None = None
-    ) -> None:
-        """An empty group; partitions add themselves when built.
-
-        Args:
-            interval: Also commit this often (seconds) between snapshots
-                (FRAUD_KAFKA_COMMIT_INTERVAL); None: at snapshots only.
-            failed: Set once a partition of the process failed: no timed commit after it.
-        """
-        self._failed = failed or threading.Event()
+    def __init__(self) -> None:
+        """An empty group; partitions add themselves when built."""
         self._parts: list[_TransactionalPartition] = []
         self._pool: ThreadPoolExecutor | None = None
-        self._interval = interval
-        self._last = time.monotonic()
-        #: Held by a write, a snapshot or a timed commit: a commit sees whole writes only.
-        self.lock = threading.Lock()
-        #: What a timed commit raised; raised again by the worker's next write or snapshot.
-        self._error: BaseException | None = None
-        self._stop = threading.Event()
-        self._timer: threading.Thread | None = None
 
     def add(self, part: _TransactionalPartition) -> None:
         """Commit `part` with the others from now on."""
         self._parts.append(part)
-        if self._interval is not None and self._timer is None:
-            self._timer = threading.Thread(target=self._commit_on_time, daemon=True)
-            self._timer.start()
 
     def remove(self, part: _TransactionalPartition) -> None:
         """`part` is closed; the threads end with the last one."""
         self._parts = [p for p in self._parts if p is not part]
-        if not self._parts:
-            self._stop.set()
-            if self._pool is not None:
-                self._pool.shutdown(wait=False)
-                self._pool = None
-
-    def raise_timed_failure(self) -> None:
-        """Raise what a timed commit raised (call with `lock` held)."""
-        if self._error is not None:
-            raise self._error
-
-    def _commit_on_time(self) -> None:
-        """Commit every `interval`, with or without new writes, until the group is closed.
-
-        A commit only at a write would leave the outputs after the last write of a
-        burst open until the next snapshot.
-        """
-        assert self._interval is not None
-        while not self._stop.wait(max(self._last + self._interval - time.monotonic(), 0.001)):
-            with self.lock:
-                if self._error is not None or self._failed.is_set():
-                    return
-                if time.monotonic() - self._last < self._interval:
-                    continue  # a snapshot committed meanwhile
-                try:
-                    self.commit_open()
-                except BaseException as exc:  # noqa: BLE001 - raised on the worker's thread
-                    self._error = exc
-                    return
+        if not self._parts and self._pool is not None:
+            self._pool.shutdown(wait=False)
+            self._pool = None
 
     def commit_open(self) -> None:
-        """Commit every open transaction of the group; raise the first failure, in order.
-
-        Call with `lock` held.
-        """
-        self._last = time.monotonic()
+        """Commit every open transaction of the group; raise the first failure, in order."""
         due = [p for p in self._parts if p.is_open]
         if len(due) <= 1:
             for part in due:
@@ -462,7 +392,6 @@ class KafkaTransactionalSink(FixedPartitionedSink[Output, None]):
         producer_config: dict[str, Any],
         consumer_config: dict[str, Any],
         txn_prefix: str,
-        commit_interval: float | None = None,
     ) -> None:
         """Write for `partitions` state partitions.
 
@@ -472,15 +401,12 @@ class KafkaTransactionalSink(FixedPartitionedSink[Output, None]):
             producer_config: Properties of the producers (a transactional.id is added).
             consumer_config: Properties of the client that reads the committed progress.
             txn_prefix: `transactional.id` = `<txn_prefix>-<partition>`; also the group.
-            commit_interval: Also commit this often between snapshots (seconds; None: at
-                each snapshot only).
         """
         self.partitions = partitions
         self.topics = topics
         self._producer_config = producer_config
         self._consumer_config = consumer_config
         self.txn_prefix = txn_prefix
-        self.commit_interval = commit_interval
         #: Set once a partition of this process raised (see `_TransactionalPartition.close`).
         self._failed = threading.Event()
         #: Each worker thread's partitions, committed together (`CommitGroup`).
@@ -499,9 +425,7 @@ class KafkaTransactionalSink(FixedPartitionedSink[Output, None]):
     ) -> _TransactionalPartition:
         p = int(for_part)
         with self._lock:  # Bytewax builds a partition on the worker thread that holds it
-            group = self._groups.setdefault(
-                threading.get_ident(), CommitGroup(self.commit_interval, self._failed)
-            )
+            group = self._groups.setdefault(threading.get_ident(), CommitGroup())
         return _TransactionalPartition(
             self._producer_config,
             self._consumer_config,

@@ -39,7 +39,7 @@ import numpy as np
 from bytewax_fraud.connectors import kafka_connection
 from bytewax_fraud.connectors.kafka.admin import admin_client
 from bytewax_fraud.partitioning import partition_for
-from bytewax_fraud.settings import Settings, load_settings
+from bytewax_fraud.settings import load_settings
 from bytewax_fraud.tools.bench.broker import (
     bench_broker,
     input_producer,
@@ -62,8 +62,6 @@ _OWN_ROOT = ROOT
 #: with a recovery directory and the default 5 s snapshots, as `make run` runs it; each
 #: snapshot pauses the input while the epoch drains); the job exactly-once.
 VARIANTS = ("broker", "alo", "alo-r", "eos")
-#: The snapshot interval of `alo-r` and `eos`: the job's default (FRAUD_SNAPSHOT_INTERVAL).
-SNAPSHOT_S = float(Settings.model_fields["snapshot_interval"].default)
 
 
 def read(
@@ -175,11 +173,9 @@ def point(
             env["FRAUD_RECOVERY_DIR"] = str(d / "recovery")
             cmd = [sys.executable, "-m", "bytewax_fraud"]
             (d / "state").rename(d / "state-unused")
-        if variant == "eos":  # commits every `commit_interval`, between 5 s snapshots
+        if variant == "eos":
             env["FRAUD_KAFKA_DELIVERY"] = "exactly-once"
-            env["FRAUD_SNAPSHOT_INTERVAL"] = str(max(commit_interval, SNAPSHOT_S))
-            if commit_interval < SNAPSHOT_S:
-                env["FRAUD_KAFKA_COMMIT_INTERVAL"] = str(commit_interval)
+            env["FRAUD_SNAPSHOT_INTERVAL"] = str(commit_interval)
         with open(d / "log.txt", "wb") as log:
             job = subprocess.Popen(cmd, cwd=job_root, env=env, stdout=log, stderr=subprocess.STDOUT)
     out = d / "reader.npy"

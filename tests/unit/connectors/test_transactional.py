@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from pathlib import Path
 
@@ -97,46 +96,3 @@ def test_the_first_snapshot_of_an_epoch_commits_every_open_transaction_of_the_wo
     assert lines == sorted(want)
     for part in parts:
         part.close()
-
-
-@pytest.mark.kafka
-def test_with_a_commit_interval_transactions_commit_between_snapshots(
-    kafka_broker: Broker,
-) -> None:
-    # FRAUD_KAFKA_COMMIT_INTERVAL: once the interval has passed, every open transaction of
-    # the worker commits, with no snapshot and no further write (the end of a burst too).
-    prefix = f"interval-{uuid.uuid4().hex[:8]}"
-    topics = (f"{prefix}-tx", f"{prefix}-p", f"{prefix}-d")
-    admin = admin_client({"bootstrap.servers": kafka_broker.bootstrap_servers})
-    for t in topics:
-        create_topic(admin, t, 2)
-    conn = kafka_connection(load_settings(kafka_bootstrap_servers=kafka_broker.bootstrap_servers))
-    sink = KafkaTransactionalSink(2, topics, conn.producer(), conn.consumer(), prefix, 0.5)
-    parts = [sink.build_part("out", name, None) for name in sink.list_parts()]
-    parts[0].write_batch([_scored("a", range(0, 10))])
-    parts[1].write_batch([_scored("b", range(0, 5))])
-    assert all(part.is_open for part in parts)  # within the interval: nothing committed yet
-    deadline = time.monotonic() + 10
-    while any(part.is_open for part in parts):
-        assert time.monotonic() < deadline, "no commit within 10 s of a 0.5 s interval"
-        time.sleep(0.05)
-    read_committed = {**conn.consumer("earliest"), "isolation.level": "read_committed"}
-    lines = sorted(m.value() or b"" for m in messages(read_committed, topics[1], 2))
-    want = [*_scored("a", range(10)).lines, *_scored("b", range(5)).lines]
-    assert lines == sorted(want)
-    for part in parts:
-        part.close()
-
-
-def test_a_commit_interval_needs_exactly_once_and_must_be_shorter_than_snapshots() -> None:
-    alo = load_settings(kafka_bootstrap_servers="127.0.0.1:1", kafka_commit_interval=0.5)
-    with pytest.raises(SettingsError, match="exactly-once only.*unset it"):
-        make_outputs(alo, fresh=True)
-    long = load_settings(
-        kafka_bootstrap_servers="127.0.0.1:1",
-        kafka_delivery="exactly-once",
-        kafka_commit_interval=5,
-        snapshot_interval=5,
-    )
-    with pytest.raises(SettingsError, match="not shorter than FRAUD_SNAPSHOT_INTERVAL"):
-        make_outputs(long, fresh=True)
