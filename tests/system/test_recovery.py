@@ -6,6 +6,9 @@ import random
 import re
 import shutil
 import sqlite3
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -186,23 +189,37 @@ def test_recovery_db_is_sqlite(tmp_path: Path) -> None:
         assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
 
 
-@pytest.mark.parametrize(
-    ("clean_outputs", "needle"),
-    [
-        pytest.param(2_000, "had written all 2000 outputs", id="all-outputs-written"),
-        pytest.param(10**6, "ended .* before its kill", id="job-already-ended"),
-    ],
-)
-def test_a_kill_that_hits_no_running_job_fails_the_test(
-    tmp_path: Path, clean_outputs: int, needle: str
-) -> None:
-    """The kill proof itself: a job that finished its work before the kill is no crash test."""
-    with pytest.raises(AssertionError, match=needle):
+def test_a_kill_after_the_job_ended_fails_the_test(tmp_path: Path) -> None:
+    """The kill proof itself: a job that finished and exited before the kill is no crash test."""
+    with pytest.raises(AssertionError, match="ended .* before its kill"):
         run_with_kills(
             JobDirs(tmp_path),
             kills=1,
             rng=random.Random(1),
-            clean_outputs=clean_outputs,
+            clean_outputs=10**6,  # never reached: the kill waits for the job's end
             window=(60.0, 60.0),
             **{**BASE, "FRAUD_EVENTS": 2_000},
         )
+
+
+def test_a_kill_after_every_output_was_written_fails_the_test(tmp_path: Path) -> None:
+    """The kill proof itself: a process still running but done with its work is no crash test.
+
+    A process that writes 2,000 outputs and then waits stands in for the job: a real job
+    exits right after its last output, and killing it in between was a race.
+    """
+    out = tmp_path / "predictions.jsonl"
+    script = (
+        "import json, sys, time\n"
+        "with open(sys.argv[1], 'w') as f:\n"
+        "    f.writelines(json.dumps({'transaction_id': f't{i}'}) + '\\n' for i in range(2000))\n"
+        "time.sleep(120)\n"
+    )
+    p = subprocess.Popen([sys.executable, "-c", script, str(out)], stderr=subprocess.PIPE)
+    counter = FileOutputs(out)
+    deadline = time.monotonic() + 60
+    while counter.count() < 2000:
+        assert p.poll() is None and time.monotonic() < deadline, "the stand-in wrote nothing"
+        time.sleep(0.02)
+    with pytest.raises(AssertionError, match="had written all 2000 outputs"):
+        kill_running([p], counter, 2000)
