@@ -14,6 +14,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -50,19 +51,12 @@ def run_handwritten(
     deadline = time.monotonic() + RUN_TIMEOUT_S
     while (codes := wait([proc], deadline))[0][0] is None:
         time.sleep(0.02)
-    if codes[0][0] != 0:
-        raise BenchError(f"{name}: the hand-written loop failed:\n{tail(d / 'log.txt')}")
-    res = json.loads(out.read_text())
-    p50, p99, p999 = percentiles(np.asarray(res["latencies_ms"], np.float64))
-    shutil.rmtree(d, ignore_errors=True)
-    return Result(
-        name=name,
-        events=int(res["events"]),
-        events_per_s=round(float(res["events_per_s"]), 1),
-        p50_ms=p50,
-        p99_ms=p99,
-        p999_ms=p999,
-        peak_rss_mb=round(codes[0][1] / 1024, 1),
+    res = _read_report(f"{name}: the hand-written loop", codes[0][0], d / "log.txt", out, d)
+    return _client_result(
+        name,
+        res,
+        int(res["events"]),
+        codes[0][1],
         extra={
             "mode": mode,
             "batch_max": HANDWRITTEN_BATCH if mode == "batched" else 1,
@@ -111,23 +105,45 @@ def run_http(cfg: BenchConfig, name: str, workdir: Path, *, requests: int, rate:
             time.sleep(0.01)
         server_kib = s_codes[0][1]
         server_log.close()
-    if codes[0][0] != 0:
-        raise BenchError(f"{name}: the HTTP client failed:\n{tail(d / 'client.txt')}")
-    res = json.loads(out.read_text())
-    p50, p99, p999 = percentiles(np.asarray(res["latencies_ms"], np.float64))
-    shutil.rmtree(d, ignore_errors=True)
-    return Result(
-        name=name,
-        events=requests,
-        events_per_s=round(float(res["events_per_s"]), 1),
-        p50_ms=p50,
-        p99_ms=p99,
-        p999_ms=p999,
-        peak_rss_mb=round((codes[0][1] + server_kib) / 1024, 1),
+    res = _read_report(f"{name}: the HTTP client", codes[0][0], d / "client.txt", out, d)
+    return _client_result(
+        name,
+        res,
+        requests,
+        codes[0][1] + server_kib,
         offered_per_s=round(rate, 1),
         extra={
             "server_rss_mb": round(server_kib / 1024, 1),
             "users": res["users"],
             "warmup_skipped": res["warmup_skipped"],
         },
+    )
+
+
+def _read_report(what: str, code: int | None, log: Path, out: Path, d: Path) -> dict[str, Any]:
+    """A client's JSON report, or `BenchError` (with its log's tail) if it failed.
+
+    The run directory `d` is removed.
+    """
+    if code != 0:
+        raise BenchError(f"{what} failed:\n{tail(log)}")
+    res: dict[str, Any] = json.loads(out.read_text())
+    shutil.rmtree(d, ignore_errors=True)
+    return res
+
+
+def _client_result(
+    name: str, res: dict[str, Any], events: int, rss_kib: float, **fields: Any
+) -> Result:
+    """A baseline's `Result` from its client's report (latencies, events/s) and its peak RSS."""
+    p50, p99, p999 = percentiles(np.asarray(res["latencies_ms"], np.float64))
+    return Result(
+        name=name,
+        events=events,
+        events_per_s=round(float(res["events_per_s"]), 1),
+        p50_ms=p50,
+        p99_ms=p99,
+        p999_ms=p999,
+        peak_rss_mb=round(rss_kib / 1024, 1),
+        **fields,
     )
