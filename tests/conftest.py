@@ -160,6 +160,17 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
 
 
 @pytest.fixture
+def own_broker(kafka_broker: Broker) -> Broker:
+    """The session's broker, for a test that pauses or stops it (and brings it back).
+
+    Skipped where KAFKA_BOOTSTRAP_SERVERS names an external broker: that one is not ours.
+    """
+    if kafka_broker.process is None:
+        pytest.skip("pauses the session's broker; KAFKA_BOOTSTRAP_SERVERS names an external one")
+    return kafka_broker
+
+
+@pytest.fixture
 def model_dir(tmp_path: Path) -> Path:
     """A FRAUD_MODEL_DIR holding copies of the shipped GRU (`gru.onnx`) and stateless model."""
     d = tmp_path / "models"

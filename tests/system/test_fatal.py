@@ -249,14 +249,6 @@ def _produced(bootstrap: str, topic: str) -> int:
         c.close()
 
 
-@pytest.fixture
-def own_broker(kafka_broker: Broker) -> Iterator[Broker]:
-    """The session's broker, paused by the test (and resumed by it before the next test)."""
-    if kafka_broker.process is None:
-        pytest.skip("pauses the session's broker; KAFKA_BOOTSTRAP_SERVERS names an external one")
-    yield kafka_broker
-
-
 @pytest.mark.kafka
 def test_brokers_gone_past_the_delivery_timeout_stop_with_one_line_and_resume_exactly(
     own_broker: Broker, tmp_path: Path

@@ -247,17 +247,15 @@ def test_poison_messages_land_in_the_dead_letter_topic_with_original_bytes(
 
 @pytest.mark.kafka
 def test_broker_outage_loses_nothing_and_duplicates_nothing(
-    kafka_broker: Broker,
+    own_broker: Broker,
     clean_run: tuple[Settings, list[dict[str, Any]], float],
     tmp_path: Path,
 ) -> None:
-    if kafka_broker.process is None:
-        pytest.skip("needs the test's own broker to pause it")
     clean, clean_preds, _ = clean_run
     # Small fetches and a small local queue, so the reader meets the outage too.
     props = {"queued.max.messages.kbytes": 256, "max.partition.fetch.bytes": 65536}
     s = kafka_settings(
-        tmp_path, kafka_broker.bootstrap_servers, unique("outage"), kafka_properties=props
+        tmp_path, own_broker.bootstrap_servers, unique("outage"), kafka_properties=props
     )
     create_topics(s)
     produce(kafka_connection(s).producer(), s.topic_transactions, PARTITIONS, events())
@@ -269,13 +267,13 @@ def test_broker_outage_loses_nothing_and_duplicates_nothing(
     def outage() -> None:
         while STATS.scored - start < EVENTS // 3:
             time.sleep(0.005)
-        kafka_broker.pause()
+        own_broker.pause()
         at_pause.append(STATS.scored - start)
         t0 = time.monotonic()
         try:
             time.sleep(20)
         finally:
-            kafka_broker.resume()
+            own_broker.resume()
         paused.append(time.monotonic() - t0)
 
     t = threading.Thread(target=outage, daemon=True)

@@ -60,16 +60,14 @@ def test_undelivered_predictions_fail_the_snapshot_not_the_batch() -> None:
 
 @pytest.mark.kafka
 def test_a_snapshot_waits_while_the_broker_is_paused_and_nothing_is_lost(
-    kafka_broker: Broker,
+    own_broker: Broker,
 ) -> None:
-    if kafka_broker.process is None:
-        pytest.skip("pauses the session's broker; KAFKA_BOOTSTRAP_SERVERS names an external one")
     topic = f"async-{uuid.uuid4().hex[:8]}"
-    create_topic(admin_client({"bootstrap.servers": kafka_broker.bootstrap_servers}), topic, 2)
-    part = prediction_part({"bootstrap.servers": kafka_broker.bootstrap_servers}, topic)
+    create_topic(admin_client({"bootstrap.servers": own_broker.bootstrap_servers}), topic, 2)
+    part = prediction_part({"bootstrap.servers": own_broker.bootstrap_servers}, topic)
     part.write_batch([scored(100, "before")])
     part.snapshot()  # delivered: the broker is up
-    kafka_broker.pause()
+    own_broker.pause()
     snapshot_done = threading.Event()
     errors: list[BaseException] = []
 
@@ -87,11 +85,11 @@ def test_a_snapshot_waits_while_the_broker_is_paused_and_nothing_is_lost(
         # The snapshot must still be waiting: its predictions cannot have been acknowledged.
         assert not snapshot_done.wait(3.0), "a snapshot completed with undelivered predictions"
     finally:
-        kafka_broker.resume()
+        own_broker.resume()
     assert snapshot_done.wait(120.0), "the snapshot did not complete after the broker came back"
     assert errors == []
     part.close()
-    s = load_settings(kafka_bootstrap_servers=kafka_broker.bootstrap_servers)
+    s = load_settings(kafka_bootstrap_servers=own_broker.bootstrap_servers)
     got = [m.value() or b"" for m in messages(kafka_connection(s).consumer("earliest"), topic, 2)]
     want = scored(100, "before").lines + scored(300, "paused").lines
     assert sorted(got) == sorted(want)  # each once, none lost

@@ -70,30 +70,28 @@ def test_a_resume_check_against_an_unreachable_broker_does_not_block(
 
 @pytest.mark.kafka
 def test_a_paused_broker_holds_up_no_read_and_the_resume_offset_is_kept(
-    kafka_broker: Broker,
+    own_broker: Broker,
 ) -> None:
-    if kafka_broker.process is None:
-        pytest.skip("needs the test's own broker to pause it")
     topic = f"src-{uuid.uuid4().hex[:8]}"
-    create_topic(admin_client({"bootstrap.servers": kafka_broker.bootstrap_servers}), topic, 1)
-    producer = Producer({"bootstrap.servers": kafka_broker.bootstrap_servers})
+    create_topic(admin_client({"bootstrap.servers": own_broker.bootstrap_servers}), topic, 1)
+    producer = Producer({"bootstrap.servers": own_broker.bootstrap_servers})
     for i in range(200):
         producer.produce(topic, value=str(i).encode(), partition=0)
     assert producer.flush(30) == 0
     config: dict[str, Any] = {
-        "bootstrap.servers": kafka_broker.bootstrap_servers,
+        "bootstrap.servers": own_broker.bootstrap_servers,
         "group.id": "unused",
         "enable.partition.eof": True,
         "auto.offset.reset": "error",
     }
-    kafka_broker.pause()
+    own_broker.pause()
     try:
         t0 = time.monotonic()
         reader = KafkaPartitionReader("in", config, topic, 0, 0, 150, 100, 0.005)
         assert time.monotonic() - t0 < PROMPT_S
         got, slowest = _timed_reads(reader, 3.0)
     finally:
-        kafka_broker.resume()
+        own_broker.resume()
     try:
         assert got == [] and slowest < PROMPT_S
         read: list[bytes | None] = []
