@@ -122,12 +122,11 @@ class _TransactionalPartition(StatefulSinkPartition[Output, None]):
         partition: int,
         txn_id: str,
         failed: threading.Event,
-        group: CommitGroup | None = None,
+        group: CommitGroup,
     ) -> None:
         self._input, self._predictions, self._dead_letters = topics
         self._failed = failed
-        self._group = group or CommitGroup()
-        self._group.add(self)
+        self._group = group
         self._partition = partition
         self._txn_id = txn_id
         # librdkafka caps a transactional producer's message.timeout.ms at
@@ -156,6 +155,7 @@ class _TransactionalPartition(StatefulSinkPartition[Output, None]):
         self._seen = dict(self.fence.offsets)
         self._pending: list[_Message] = []
         self._open = False
+        group.add(self)  # only once built: a failed start leaves nothing in the group
 
     def _check(self, err: KafkaError, what: str) -> None:
         """Raise for a fatal `err` (naming its cause), else return."""
