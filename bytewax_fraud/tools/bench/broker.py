@@ -67,11 +67,16 @@ def bench_broker(workdir: Path) -> Iterator[tuple[Broker | None, str]]:
 INPUT_LINGER_MS = 5
 
 
+def input_config(conn: KafkaConnection) -> dict[str, Any]:
+    """Properties of the bench's input producer: the job's settings, upstream's linger."""
+    return {**conn.producer(), "linger.ms": INPUT_LINGER_MS}
+
+
 def input_producer(conn: KafkaConnection) -> Producer:
-    """The producer of the bench's input messages (the job's settings, upstream's linger)."""
+    """The producer of the bench's input messages (`input_config`)."""
     from confluent_kafka import Producer
 
-    return Producer({**conn.producer(), "linger.ms": INPUT_LINGER_MS})
+    return Producer(input_config(conn))
 
 
 def produce_paced(

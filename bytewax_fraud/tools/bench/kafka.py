@@ -24,8 +24,8 @@ from bytewax_fraud.connectors import kafka_connection
 from bytewax_fraud.connectors.kafka.admin import admin_client, create_job_topics
 from bytewax_fraud.settings import Settings, load_settings
 from bytewax_fraud.tools.bench.broker import (
-    INPUT_LINGER_MS,
     KafkaRun,
+    input_config,
     input_producer,
     kafka_env,
     kafka_run,
@@ -80,7 +80,7 @@ def run_kafka(
     # Generated first, so that the producing rate is the client's and the broker's alone.
     msgs = list(generated(cfg.users, cfg.seed, events)) if produced is None else produced
     t0 = time.monotonic()
-    produce({**run.conn.producer(), "linger.ms": INPUT_LINGER_MS}, t_in, cfg.partitions, msgs)
+    produce(input_config(run.conn), t_in, cfg.partitions, msgs)
     produce_s = time.monotonic() - t0
     del msgs
 
