@@ -154,7 +154,6 @@ def point(
     job_env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """One variant (see `VARIANTS`) at one rate: the reader's latency percentiles."""
-
     run = kafka_run(cfg, broker, workdir, f"reader-{variant}", "reader")
     d, prefix, t_in, t_pred, t_dl = run.dir, run.prefix, run.t_in, run.t_pred, run.t_dl
     conn = run.conn
