@@ -200,7 +200,16 @@ def _properties(data: Path, port: int, controller_port: int) -> str:
 
 
 def _cluster_id() -> str:
-    return base64.urlsafe_b64encode(os.urandom(16)).rstrip(b"=").decode()
+    """A random cluster id in Kafka's form, never starting with "-".
+
+    The storage tool's argument parser takes an id that starts with "-" for an option
+    ("expected one argument"): one id in 64 did, and the broker then failed to start.
+    Kafka's own `Uuid.randomUuid` draws again for the same reason.
+    """
+    while True:
+        found = base64.urlsafe_b64encode(os.urandom(16)).rstrip(b"=").decode()
+        if not found.startswith("-"):
+            return found
 
 
 @contextmanager
