@@ -52,17 +52,20 @@ def group(batch: EventBatch) -> Groups:
     """Group the events by user, in order; code the merchants (no Python loop per event)."""
     n = len(batch)
     users = list(dict.fromkeys(batch.user_ids))  # distinct, in order of first appearance
+    merchant = merchant_codes(batch.merchants)
+    if len(users) == n:  # one event per user (most small batches): all in wave 0
+        return Groups(
+            users=users, row_of=np.arange(n), wave_of=np.zeros(n, np.intp), merchant=merchant
+        )
     rows = {u: i for i, u in enumerate(users)}
     row_of = np.fromiter(map(rows.__getitem__, batch.user_ids), np.intp, n)
     # A user's k-th event is in wave k: its rank among its user's events.
     order = np.argsort(row_of, kind="stable")
     ranked = row_of[order]
-    first = np.flatnonzero(np.r_[True, ranked[1:] != ranked[:-1]])
+    first = np.flatnonzero(np.concatenate(([True], ranked[1:] != ranked[:-1])))
     wave_of = np.empty(n, np.intp)
-    wave_of[order] = np.arange(n) - np.repeat(first, np.diff(np.r_[first, n]))
-    return Groups(
-        users=users, row_of=row_of, wave_of=wave_of, merchant=merchant_codes(batch.merchants)
-    )
+    wave_of[order] = np.arange(n) - np.repeat(first, np.diff(np.append(first, n)))
+    return Groups(users=users, row_of=row_of, wave_of=wave_of, merchant=merchant)
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,47 +162,50 @@ def _waves(
     expired_total = 0
     late_ok = 0
     infer: list[float] = []
-    if len(events):
+    if not len(events):
+        order, bounds = events, [0]
+    elif g.wave_of[events].any():
         waves = g.wave_of[events]
         order = events[np.argsort(waves, kind="stable")]
-        bounds = np.searchsorted(g.wave_of[order], np.arange(int(waves.max()) + 2))
-    else:
-        order, bounds = events, np.zeros(1, np.intp)
+        bounds = np.searchsorted(g.wave_of[order], np.arange(int(waves.max()) + 2)).tolist()
+    else:  # one wave: a batch with one event per user
+        order, bounds = events, [0, len(events)]
     for wave in range(len(bounds) - 1):
         e = order[bounds[wave] : bounds[wave + 1]]
         if len(e) == 0:
             continue
         r = g.row_of[e]
         ts = b.timestamps[e]
-        expired = (st.count[r] > 0) & (ts - st.last_ts[r] > rules.ttl)
+        count, last_ts = st.count[r], st.last_ts[r]
+        expired = (count > 0) & (ts - last_ts > rules.ttl)
         if expired.any():
             st.reset(r[expired])
             expired_total += int(expired.sum())
-        behind = (st.count[r] > 0) & (ts < st.last_ts[r])
+            count, last_ts = st.count[r], st.last_ts[r]
+        behind = (count > 0) & (ts < last_ts)
         if behind.any():
-            too_late = behind & (ts < st.last_ts[r] - rules.lateness)
+            too_late = behind & (ts < last_ts - rules.lateness)
             if too_late.any():
                 for i, t, last in zip(
                     e[too_late].tolist(),
                     ts[too_late].tolist(),
-                    st.last_ts[r[too_late]].tolist(),
+                    last_ts[too_late].tolist(),
                     strict=True,
                 ):
                     fate[i] = USER_LATE
                     late[i] = event_time.behind_user_reason(t, last, rules.lateness)
-                e, r, ts = e[~too_late], r[~too_late], ts[~too_late]
+                kept = ~too_late
+                e, r, ts, count, last_ts = e[kept], r[kept], ts[kept], count[kept], last_ts[kept]
                 if len(e) == 0:
                     continue
             late_ok += int(behind.sum()) - int(too_late.sum())
-        feats = compute_features(
+        amounts, merchants, amount, merchant = (
             st.amounts[r],
             st.merchants[r],
-            st.count[r],
-            st.last_ts[r],
             b.amounts[e],
-            ts,
             g.merchant[e],
         )
+        feats = compute_features(amounts, merchants, count, last_ts, amount, ts, merchant)
         t0 = time.perf_counter()
         p, h = model.predict(feats, st.hidden[r] if model.hidden_size else None)
         infer.append(time.perf_counter() - t0)
@@ -207,10 +213,10 @@ def _waves(
         if h is not None:
             st.hidden[r] = h
         st.amounts[r], st.merchants[r], st.count[r] = push(
-            st.amounts[r], st.merchants[r], st.count[r], b.amounts[e], g.merchant[e]
+            amounts, merchants, count, amount, merchant
         )
         # A late event (within the lateness) never moves its user's clock backwards.
-        st.last_ts[r] = np.maximum(st.last_ts[r], ts)
+        st.last_ts[r] = np.maximum(last_ts, ts)
         st.last_offset[r] = b.offsets[e]
     return Applied(fate, prob, late, expired_total, late_ok, infer)
 

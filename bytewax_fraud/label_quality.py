@@ -22,7 +22,7 @@ BINS = 10_000
 
 def _bins(probabilities: npt.NDArray[np.floating]) -> npt.NDArray[np.intp]:
     p = np.asarray(probabilities, np.float64)
-    return np.clip(np.floor(p * BINS), 0, BINS - 1).astype(np.intp)
+    return np.minimum(np.maximum(np.floor(p * BINS), 0), BINS - 1).astype(np.intp)
 
 
 @dataclass
@@ -39,8 +39,8 @@ class LabelQuality:
         """Count these events (labels 0 or 1; others, such as -1 for none, are left out)."""
         labels = np.asarray(labels)
         b = _bins(probabilities)
-        self.positives += np.bincount(b[labels == 1], minlength=BINS)
-        self.negatives += np.bincount(b[labels == 0], minlength=BINS)
+        np.add.at(self.positives, b[labels == 1], 1)
+        np.add.at(self.negatives, b[labels == 0], 1)
 
     @property
     def labelled(self) -> int:

@@ -61,16 +61,17 @@ class Histogram:
     bounds: tuple[float, ...]
     counts: np.ndarray = field(init=False)
     sum: float = 0.0
+    _edges: np.ndarray = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.counts = np.zeros(len(self.bounds) + 1, np.int64)
+        self._edges = np.asarray(self.bounds, np.float64)  # not converted again on every call
 
     def observe(self, values: np.ndarray | list[float]) -> None:
         """Add observations (the caller holds the stats lock)."""
         v = np.asarray(values, dtype=np.float64)
         if v.size:
-            idx = np.searchsorted(self.bounds, v, side="left")
-            self.counts += np.bincount(idx, minlength=len(self.counts))
+            np.add.at(self.counts, np.searchsorted(self._edges, v, side="left"), 1)
             self.sum += float(v.sum())
 
     @property
@@ -160,8 +161,8 @@ class RunStats:
         """
         lat = latencies_ms[~np.isnan(latencies_ms)]
         # Same bins as np.histogram(lat, _EDGES), without its per-call overhead.
-        bins = np.searchsorted(_EDGES, np.clip(lat, 1.001e-3, 9.99e5), side="right") - 1
-        h = np.bincount(bins, minlength=len(_EDGES) - 1)
+        bins = np.searchsorted(_EDGES, np.minimum(np.maximum(lat, 1.001e-3), 9.99e5), side="right")
+        bins -= 1
         # Replayed events (probability NaN) were counted by the run that scored them.
         labelled = (labels >= 0) & ~np.isnan(probabilities)
         flagged = probabilities >= self.threshold
@@ -188,7 +189,7 @@ class RunStats:
                     q.update((scores or {})[label], labels)
             for w in (self.total, self.interval):
                 w.events += len(latencies_ms)
-                w.hist += h
+                np.add.at(w.hist, bins, 1)
             self.true_pos += int(np.count_nonzero(flagged & fraud))
             self.false_pos += int(np.count_nonzero(flagged & labelled & ~fraud))
             self.false_neg += int(np.count_nonzero(~flagged & fraud))

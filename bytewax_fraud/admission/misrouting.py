@@ -11,7 +11,9 @@ offset belongs to the partition it arrived on, so the other partition's offset
 fence (and its recovery) could not place it.
 
 The check runs on every event, so it is vectorised: murmur2 over the batch's
-user ids at once (`partitions_of`).
+user ids at once (`partitions_of`). A small batch (a paced stream read every few
+milliseconds) looks its users up in a bounded table of homes computed before: a
+dozen numpy calls would cost more than the whole check.
 """
 
 from __future__ import annotations
@@ -28,6 +30,13 @@ WRONG_PARTITION = "WrongPartition"
 
 #: murmur2's multiplier; uint32 arrays wrap modulo 2**32, as murmur2 does.
 _M = np.uint32(0x5BD1E995)
+
+#: Batches up to this size look their users' homes up in `_HOMES`.
+SMALL_BATCH = 64
+#: Users' home partitions, by partition count; emptied before it would pass `_HOMES_MAX`
+#: (so it holds at most that many, or one batch's users).
+_HOMES: dict[int, dict[str, int]] = {}
+_HOMES_MAX = 1 << 17
 
 
 def partitions_of(user_ids: list[str], partition_count: int) -> npt.NDArray[np.int64]:
@@ -83,6 +92,20 @@ def _murmur2_ragged(flat: npt.NDArray[np.uint8], lengths: npt.NDArray[np.int64])
     return h.view(np.int32)
 
 
+def homes_of(user_ids: list[str], partition_count: int) -> list[int]:
+    """`partitions_of` as a list, from the table of known homes where it has them."""
+    known = _HOMES.setdefault(partition_count, {})
+    homes = list(map(known.get, user_ids))
+    if None not in homes:
+        return homes  # type: ignore[return-value]
+    missing = [u for u, h in zip(user_ids, homes, strict=True) if h is None]
+    found = dict(zip(missing, partitions_of(missing, partition_count).tolist(), strict=True))
+    if len(known) + len(found) > _HOMES_MAX:
+        known.clear()
+    known.update(found)
+    return [found[u] if h is None else h for u, h in zip(user_ids, homes, strict=True)]
+
+
 def reject_misrouted(
     batch: EventBatch, partition_count: int
 ) -> tuple[EventBatch | None, list[DeadLetter]]:
@@ -92,7 +115,13 @@ def reject_misrouted(
         batch: Valid events, all read from `batch.partition`.
         partition_count: The number of state (= input) partitions.
     """
-    home = partitions_of(batch.user_ids, partition_count)
+    if len(batch) <= SMALL_BATCH:
+        homes = homes_of(batch.user_ids, partition_count)
+        if homes.count(batch.partition) == len(homes):
+            return batch, []
+        home = np.asarray(homes, np.int64)
+    else:
+        home = partitions_of(batch.user_ids, partition_count)
     wrong = home != batch.partition
     if not wrong.any():
         return batch, []

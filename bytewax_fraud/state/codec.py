@@ -112,8 +112,13 @@ def decode(values: list[bytes | None], window: int, hidden: int, tag: int) -> Us
     belong to one model version.
     """
     n = len(values)
-    out = UserStates.empty(n, window, hidden)
     dt = record_dtype(window, hidden)
+    if n and None not in values and {len(v) for v in values} == {dt.itemsize}:  # type: ignore[arg-type]
+        # Every user known, in this layout (the common case): columns straight from the records.
+        recs = np.frombuffer(b"".join(values), dtype=dt)  # type: ignore[arg-type]
+        _check(recs["version"], recs["window_n"], window)
+        return _columns(recs, hidden, tag)
+    out = UserStates.empty(n, window, hidden)
     same = [i for i, v in enumerate(values) if v is not None and len(v) == dt.itemsize]
     if same:
         recs = np.frombuffer(b"".join(values[i] for i in same), dtype=dt)  # type: ignore[misc]
@@ -160,6 +165,22 @@ def _check(version: np.ndarray, window_n: np.ndarray, window: int) -> None:
             f"the state was written with a window of {int(window_n[window_n != window][0])}"
             f" amounts but FRAUD_WINDOW={window}: set FRAUD_WINDOW back, or use a new state dir"
         )
+
+
+def _columns(recs: np.ndarray, hidden: int, tag: int) -> UserStates:
+    """The states of `recs`, all of the current layout (what `_fill` gives for every row)."""
+    same_model = (recs["model_tag"] == np.uint64(tag)) & (int(recs["hidden_size"][0]) == hidden)
+    return UserStates(
+        count=recs["count"].astype(np.int64),
+        last_ts=recs["last_ts"].astype(np.float64),
+        last_offset=recs["last_offset"].astype(np.int64),
+        model_tag=np.where(same_model, np.uint64(tag), np.uint64(0)),
+        amounts=recs["amounts"].astype(np.float32),
+        merchants=recs["merchants"].astype(np.uint32),
+        hidden=np.where(same_model[:, None], recs["hidden"], np.float32(0.0))
+        if hidden
+        else np.zeros((len(recs), 0), np.float32),
+    )
 
 
 def _fill(out: UserStates, idx: np.ndarray, recs: np.ndarray, hidden: int, tag: int) -> None:

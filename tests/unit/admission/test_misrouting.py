@@ -81,3 +81,22 @@ def _timed(f: object) -> float:
     t = time.perf_counter()
     f()  # type: ignore[operator]
     return time.perf_counter() - t
+
+
+def test_small_batches_get_the_same_verdicts_from_the_table_of_known_homes(monkeypatch) -> None:
+    from bytewax_fraud.admission import misrouting
+
+    monkeypatch.setattr(misrouting, "_HOMES", {})
+    monkeypatch.setattr(misrouting, "_HOMES_MAX", 50)  # emptied several times below
+    rng = random.Random(5)
+    users = [f"u{i:07d}" for i in range(120)] + _ids(rng, 40, "aé☕z9")
+    for _ in range(300):
+        ids = [rng.choice(users) for _ in range(rng.randrange(1, misrouting.SMALL_BATCH + 1))]
+        part = rng.randrange(3)
+        kept, dead = reject_misrouted(_batch(ids, part), 3)
+        home = [partition_for(u, 3) for u in ids]
+        assert (kept.user_ids if kept else []) == [
+            u for u, h in zip(ids, home, strict=True) if h == part
+        ]
+        assert [d.origin.offset - 100 for d in dead] == [i for i, h in enumerate(home) if h != part]
+        assert len(misrouting._HOMES[3]) <= max(50, len(set(ids)))
