@@ -33,6 +33,7 @@ from bytewax_fraud.inference.runtime import LoadedModel
 from bytewax_fraud.inference.sequence import batch_shape
 from bytewax_fraud.records import DeadLetter, EventBatch, ScoredBatch
 from bytewax_fraud.scoring import PartitionScorer
+from bytewax_fraud.state import wal_sync
 from bytewax_fraud.state.base import HIGH_WATER_KEY, REPLAY_FLOOR_KEY, USER_PREFIX, StateStore
 from bytewax_fraud.state.buffered import BufferedStore
 from bytewax_fraud.state.manifest import partition_dir
@@ -79,7 +80,7 @@ def open_store(config: PartitionConfig, partition: int, resuming: bool) -> State
             " restore the state directory from the backup taken with the recovery directory,"
             " or delete both to start fresh"
         )
-    store = RocksStore(path)
+    store = RocksStore(path, syncer=wal_sync.SYNCER)
     if not resuming:
         # Starting from the beginning of the input is safe while the store can still fence
         # and re-emit everything from offset 0 (e.g. a crash before the first snapshot).

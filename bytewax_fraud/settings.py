@@ -94,10 +94,12 @@ class Settings(BaseSettings):
     status_interval: float = Field(
         5.0, ge=0, description="seconds between status lines on stderr (0: off)"
     )
+    # Short steps, often: a step holds up its partition's events while it runs (10,000
+    # records took 12 ms, a p99 spike; 1,000 take ~1 ms), and 1,000 a second sweep as much.
     sweep_interval: float = Field(
-        10.0, gt=0, description="seconds between TTL sweep steps of a partition"
+        1.0, gt=0, description="seconds between TTL sweep steps of a partition"
     )
-    sweep_chunk: int = Field(10_000, ge=1, description="records examined per TTL sweep step")
+    sweep_chunk: int = Field(1_000, ge=1, description="records examined per TTL sweep step")
     state_cache_mb: float = Field(
         16.0,
         ge=0,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +13,7 @@ from typing import cast
 from rocksdict import DBCompressionType, Options, Rdict, WriteBatch
 
 from bytewax_fraud.errors import StateDiskFull, StateError, StateIOError
+from bytewax_fraud.state.wal_sync import WalSyncer
 
 
 @dataclass(frozen=True)
@@ -59,18 +63,57 @@ def io_error(path: Path, doing: str, exc: Exception) -> StateIOError:
     )
 
 
-class RocksStore:
-    """A `StateStore` on one RocksDB database."""
+#: How long an open waits for a store of this process that is being released.
+_RELEASE_WAIT_S = 2.0
 
-    def __init__(self, path: Path, options: RocksOptions | None = None) -> None:
-        self.path = path
+
+def _open(path: Path, options: RocksOptions) -> Rdict:
+    """Open the database; wait a moment for one this process is letting go of.
+
+    RocksDB refuses a database whose lock this process holds. A store dropped by its
+    partition is closed when the last reference goes, which a background sync
+    (`WalSyncer`) can delay by the length of one sync.
+    """
+    deadline = time.monotonic() + _RELEASE_WAIT_S
+    while True:
         try:
-            self._db = Rdict(str(path), (options or RocksOptions()).to_options())
+            return Rdict(str(path), options.to_options())
         except Exception as exc:  # rocksdict raises plain Exception with RocksDB's text
+            if "hold by current process" in str(exc) and time.monotonic() < deadline:
+                gc.collect()
+                time.sleep(0.01)
+                continue
             raise StateError(
                 f"cannot open the state store at {path}: {exc}. If another job uses this"
                 " directory, stop it; if the store is damaged, restore it from a backup"
             ) from exc
+
+
+class RocksStore:
+    """A `StateStore` on one RocksDB database."""
+
+    def __init__(
+        self, path: Path, options: RocksOptions | None = None, syncer: WalSyncer | None = None
+    ) -> None:
+        """Open (or create) the database at `path`.
+
+        Args:
+            path: The database's directory.
+            options: Its tuning.
+            syncer: Syncs the write-ahead log in the background from now until `close`
+                (so that `sync` is short); None: only `sync` syncs it.
+        """
+        self.path = path
+        self._db = _open(path, options or RocksOptions())
+        #: Held by a sync and by `close`: a background sync never meets a closed database.
+        self._sync_lock = threading.Lock()
+        self._closed = False
+        #: Background syncs done (and failed: the next `sync` or write raises the failure).
+        self.background_syncs = 0
+        self.background_failures = 0
+        self._syncer = syncer
+        if syncer is not None:
+            syncer.add(self)
 
     def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
         if not keys:
@@ -118,16 +161,33 @@ class RocksStore:
         return out
 
     def sync(self) -> None:
-        try:
-            self._db.flush_wal(True)
-        except Exception as exc:
-            raise io_error(self.path, "sync its write-ahead log", exc) from exc
+        with self._sync_lock:
+            try:
+                self._db.flush_wal(True)
+            except Exception as exc:
+                raise io_error(self.path, "sync its write-ahead log", exc) from exc
+
+    def sync_quietly(self) -> None:
+        """A background sync (`WalSyncer`): RocksDB keeps a failure, and the next `sync` or
+        write raises it by name, on the worker, where the job can stop."""
+        with self._sync_lock:
+            if self._closed:
+                return
+            try:
+                self._db.flush_wal(True)
+                self.background_syncs += 1
+            except Exception:  # noqa: BLE001 - raised by the next sync or write (see above)
+                self.background_failures += 1
 
     def estimate_keys(self) -> int:
         return int(self._db.property_int_value("rocksdb.estimate-num-keys") or 0)
 
     def close(self) -> None:
-        self._db.close()
+        if self._syncer is not None:
+            self._syncer.remove(self)
+        with self._sync_lock:
+            self._closed = True
+            self._db.close()
 
 
 def scan_prefix(
