@@ -108,9 +108,9 @@ class RocksStore:
         #: Held by a sync and by `close`: a background sync never meets a closed database.
         self._sync_lock = threading.Lock()
         self._closed = False
-        #: Background syncs done (and failed: the next `sync` or write raises the failure).
+        #: Background syncs done, and the first one that failed (the next `sync` raises it).
         self.background_syncs = 0
-        self.background_failures = 0
+        self._background_error: Exception | None = None
         self._syncer = syncer
         if syncer is not None:
             syncer.add(self)
@@ -162,22 +162,27 @@ class RocksStore:
 
     def sync(self) -> None:
         with self._sync_lock:
+            failed, self._background_error = self._background_error, None
             try:
+                if failed is not None:
+                    # An fsync that failed may have dropped its pages, and a later one can
+                    # succeed without them: what it should have made durable may be lost.
+                    raise failed
                 self._db.flush_wal(True)
             except Exception as exc:
                 raise io_error(self.path, "sync its write-ahead log", exc) from exc
 
     def sync_quietly(self) -> None:
-        """A background sync (`WalSyncer`): RocksDB keeps a failure, and the next `sync` or
-        write raises it by name, on the worker, where the job can stop."""
+        """A background sync (`WalSyncer`); a failure is kept for the next `sync` to raise, on
+        the worker, where the job can stop before a snapshot counts on the writes."""
         with self._sync_lock:
-            if self._closed:
+            if self._closed or self._background_error is not None:
                 return
             try:
                 self._db.flush_wal(True)
                 self.background_syncs += 1
-            except Exception:  # noqa: BLE001 - raised by the next sync or write (see above)
-                self.background_failures += 1
+            except Exception as exc:  # noqa: BLE001 - raised by the next `sync` (above)
+                self._background_error = exc
 
     def estimate_keys(self) -> int:
         return int(self._db.property_int_value("rocksdb.estimate-num-keys") or 0)
