@@ -162,10 +162,10 @@ def _waves(
     expired_total = 0
     late_ok = 0
     infer: list[float] = []
+    waves = g.wave_of[events]
     if not len(events):
         order, bounds = events, [0]
-    elif g.wave_of[events].any():
-        waves = g.wave_of[events]
+    elif waves.any():
         order = events[np.argsort(waves, kind="stable")]
         bounds = np.searchsorted(g.wave_of[order], np.arange(int(waves.max()) + 2)).tolist()
     else:  # one wave: a batch with one event per user

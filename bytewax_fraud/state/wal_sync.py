@@ -24,7 +24,7 @@ INTERVAL_S = 0.25
 
 class Syncable(Protocol):
     def sync_quietly(self) -> None:
-        """Sync the write-ahead log; leave a failure to the next sync or write to raise."""
+        """Sync the write-ahead log; keep a failure for the next foreground sync to raise."""
 
 
 class WalSyncer:
@@ -42,6 +42,7 @@ class WalSyncer:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         os.register_at_fork(after_in_child=self._forget)
+        atexit.register(self.stop)
 
     def add(self, store: Syncable) -> None:
         """Sync `store` from now on, until `remove`."""
@@ -53,7 +54,6 @@ class WalSyncer:
                     target=self._run, args=(self._stop,), name="wal-sync", daemon=True
                 )
                 self._thread.start()
-                atexit.register(self.stop)
 
     def remove(self, store: Syncable) -> None:
         """Stop syncing `store` (a sync already under way finishes first: see `RocksStore`)."""

@@ -255,9 +255,8 @@ def measure_reader(
     # (its JIT took 0.4 cores, and the broker alone's p99 was 17 ms instead of 7-10), and
     # the first points would measure that. Production brokers are warm.
     warm = ["broker", *[v for v in variants if v != "broker"][:1]]
+    rate, root = max(cfg.reader_loads) * top, job_root or ROOT
     for v in warm:
-        rate = max(cfg.reader_loads) * top
-        root = job_root or ROOT
         point(broker, cfg, workdir, v, rate, cfg.point_seconds, root, commit_interval, job_env)
     log(f"  reader: warm-up points ({', '.join(warm)}), not counted")
     for frac in cfg.reader_loads:
