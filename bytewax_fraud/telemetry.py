@@ -247,6 +247,7 @@ class StatsCollector(Collector):
         s = self._stats
         now = self._clock()
         with s.lock:
+            s.settle()
             out: list[Metric] = []
             for name, doc, value in _COUNTERS:
                 counter = CounterMetricFamily(name, doc)

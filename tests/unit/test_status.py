@@ -64,3 +64,54 @@ def test_recall_after_a_resume_counts_only_events_scored_in_this_run(gru: Loaded
     summary = only_replays.summary()
     assert summary["recall"] is None and summary["precision"] is None
     assert np.isnan(resumed.score(events[1000:1001]).probabilities).all()
+
+
+def _random_batches(n: int) -> list[tuple[np.ndarray, ...]]:
+    rng = np.random.default_rng(11)
+    out = []
+    for _ in range(n):
+        size = int(rng.integers(0, 50))
+        lat = rng.exponential(10.0, size)
+        lat[rng.random(size) < 0.05] = np.nan  # replays: not timed
+        probs = rng.random(size).astype(np.float32)
+        labels = rng.integers(-1, 2, size).astype(np.int8)
+        out.append((lat, probs, labels))
+    return out
+
+
+def test_histograms_added_up_in_groups_equal_each_batch_added_at_once() -> None:
+    at_once, grouped = RunStats(settle_every=1), RunStats()
+    for i, (lat, probs, labels) in enumerate(_random_batches(200)):
+        scores = {"a@1": probs} if i % 3 else {"a@1": probs, "b@2": probs[::-1].copy()}
+        score_labels = {k: labels for k in scores}
+        for stats in (at_once, grouped):
+            stats.record_scored(
+                lat, probs, labels, 1, 0, i % 4, [1e-4] * (i % 3), scores, score_labels
+            )
+    assert len(grouped._pending) == 200 % grouped.settle_every  # some not added up yet
+    # Every reader adds up what is gathered first: the summaries are the same.
+    s1, s2 = at_once.summary(), grouped.summary()
+    for s in (s1, s2):
+        del s["elapsed_s"], s["events_per_s"]
+    assert s1 == s2
+    for name in ("batch_sizes", "inference_seconds", "latency_seconds"):
+        h1, h2 = getattr(at_once, name), getattr(grouped, name)
+        assert np.array_equal(h1.counts, h2.counts) and h1.sum == h2.sum, name
+    assert list(at_once.scores) == list(grouped.scores) == ["a@1", "b@2"]
+    for label, h in at_once.scores.items():
+        assert np.array_equal(h.counts, grouped.scores[label].counts)
+        assert h.sum == grouped.scores[label].sum
+    for label, q in at_once.quality.items():
+        assert np.array_equal(q.positives, grouped.quality[label].positives)
+        assert np.array_equal(q.negatives, grouped.quality[label].negatives)
+    assert np.array_equal(at_once.total.hist, grouped.total.hist)
+    # The status line's rate depends on the clock; everything after it must agree.
+    assert at_once.status_line().split("|")[1:] == grouped.status_line().split("|")[1:]
+
+
+def test_a_reader_sees_batches_not_yet_added_up() -> None:
+    stats = RunStats()
+    stats.record_scored(np.array([4.0, 40.0]), np.array([0.1, 0.9]), np.array([0, 1]), 0, 0)
+    assert stats.latency_seconds.count == 0  # gathered, not yet added up
+    summary = stats.summary()
+    assert summary["p99_ms"] > 30.0 and stats.latency_seconds.count == 2
