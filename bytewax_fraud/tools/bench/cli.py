@@ -202,7 +202,7 @@ def _kafka_sweep(
         assert broker is not None
         for frac in cfg.kafka_loads:
             rate = frac * top
-            n = max(int(rate * cfg.point_seconds), 50 * cfg.partitions)
+            n = max(int(rate * cfg.kafka_point_seconds), 50 * cfg.partitions)
             name = f"kafka-1w@{frac:.0%}"
             k = run_kafka_paced(cfg, name, workdir, broker, events=n, rate=rate)
             k.extra["load"] = frac
@@ -250,6 +250,11 @@ def parse_args(argv: list[str] | None) -> tuple[BenchConfig, argparse.Namespace]
     ap.add_argument("--loads", help="offered loads as fractions of the max (default 0.1,...,1)")
     ap.add_argument("--point-seconds", type=float, help="length of each load point's run")
     ap.add_argument(
+        "--kafka-point-seconds",
+        type=float,
+        help=f"length of each Kafka latency point (default {d.kafka_point_seconds})",
+    )
+    ap.add_argument(
         "--warmup-s", type=float, help="latencies of the first seconds of a run are not counted"
     )
     ap.add_argument("--seed", type=int, default=d.seed)
@@ -267,7 +272,15 @@ def parse_args(argv: list[str] | None) -> tuple[BenchConfig, argparse.Namespace]
     ap.add_argument("--workdir", type=Path, help="where temporary state and outputs go")
     a = ap.parse_args(argv)
     base: dict[str, Any] = dict(QUICK) if a.quick else {}
-    for k in ("events", "users", "baseline_events", "http_requests", "point_seconds", "warmup_s"):
+    for k in (
+        "events",
+        "users",
+        "baseline_events",
+        "http_requests",
+        "point_seconds",
+        "kafka_point_seconds",
+        "warmup_s",
+    ):
         if getattr(a, k) is not None:
             base[k] = getattr(a, k)
     if a.loads:

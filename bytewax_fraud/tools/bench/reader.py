@@ -268,7 +268,7 @@ def measure_reader(
                 workdir,
                 v,
                 frac * top,
-                cfg.point_seconds,
+                cfg.kafka_point_seconds,
                 job_root or ROOT,
                 commit_interval,
                 job_env,
@@ -325,13 +325,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variants", default=",".join(VARIANTS), help=", ".join(VARIANTS))
     ap.add_argument("--max-rate", type=float, help="the 1-worker maximum (default: measured)")
     ap.add_argument("--max-events", type=int, default=100_000, help="backlog of that measure")
-    ap.add_argument("--seconds", type=float, default=6.0, help="length of each point")
+    ap.add_argument(
+        "--seconds",
+        type=float,
+        default=BenchConfig.kafka_point_seconds,
+        help="length of each counted point (the warm-up points take 6 s)",
+    )
     ap.add_argument("--commit-interval", type=float, default=1.0, help="eos: seconds")
     ap.add_argument("--job-root", type=Path, default=ROOT, help="the checkout to run")
     ap.add_argument("--job-env", action="append", default=[], help="KEY=VALUE for the job")
     ap.add_argument("--json", type=Path, help="write the results here")
     a = ap.parse_args(argv)
-    cfg = BenchConfig(point_seconds=a.seconds)
+    cfg = BenchConfig(kafka_point_seconds=a.seconds)
     workdir = Path(tempfile.mkdtemp(prefix="bench-reader-"))
     job_env = dict(kv.split("=", 1) for kv in a.job_env)
     report: dict[str, Any] = {"job_root": str(a.job_root), "job_env": job_env, "points": []}
