@@ -8,19 +8,26 @@ retention would. Its decision logic is also checked directly below.
 
 from __future__ import annotations
 
+import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 from confluent_kafka import TopicPartition
+from confluent_kafka.admin import AdminClient
 from kafka_broker import Broker
 from recovery_harness import JobDirs, start
 
 from bytewax_fraud.connectors import kafka_connection
-from bytewax_fraud.connectors.kafka.admin import admin_client, create_job_topics, create_topic
+from bytewax_fraud.connectors.kafka.admin import (
+    admin_client,
+    create_job_topics,
+    create_topic,
+    partition_count,
+)
 from bytewax_fraud.connectors.kafka.continuity import check_topic_identity, resume_offset
-from bytewax_fraud.connectors.kafka.errors import InputDataLost
+from bytewax_fraud.connectors.kafka.errors import InputDataLost, KafkaSetupError
 from bytewax_fraud.settings import load_settings
 from bytewax_fraud.tools.produce import generated, produce
 
@@ -102,10 +109,24 @@ def _one_error(stderr: str) -> str:
     return line
 
 
+def _still_listed(admin: AdminClient, topic: str) -> bool:
+    try:
+        return partition_count(admin, topic) is not None
+    except KafkaSetupError:  # listed with an error while it is being deleted
+        return True
+
+
 def _recreate(bootstrap: str, topic: str, partitions: int, events: int) -> None:
     admin = admin_client({"bootstrap.servers": bootstrap})
     admin.delete_topics([topic])[topic].result(30)
-    create_topic(admin, topic, partitions)
+    # The deletion is accepted before the metadata stops listing the topic. Created while it
+    # is still listed, `create_topic` finds it and does nothing; the producer's first request
+    # then auto-creates it with the broker's default of 1 partition (1 run in ~50 failed so).
+    deadline = time.monotonic() + 30
+    while _still_listed(admin, topic):
+        assert time.monotonic() < deadline, f"{topic} still listed 30 s after its deletion"
+        time.sleep(0.05)
+    assert create_topic(admin, topic, partitions)
     config = kafka_connection(load_settings(kafka_bootstrap_servers=bootstrap)).producer()
     produce(config, topic, partitions, generated(500, 2, events))
 
