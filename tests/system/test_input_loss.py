@@ -121,7 +121,8 @@ def _recreate(bootstrap: str, topic: str, partitions: int, events: int) -> None:
     admin.delete_topics([topic])[topic].result(30)
     # The deletion is accepted before the metadata stops listing the topic. Created while it
     # is still listed, `create_topic` finds it and does nothing; the producer's first request
-    # then auto-creates it with the broker's default of 1 partition (1 run in ~50 failed so).
+    # then auto-creates it with the broker's default of 1 partition (still listed right after
+    # its deletion in 1 of 30 tries on an idle broker).
     deadline = time.monotonic() + 30
     while _still_listed(admin, topic):
         assert time.monotonic() < deadline, f"{topic} still listed 30 s after its deletion"
