@@ -190,7 +190,8 @@ class RunStats:
         added up `settle_every` batches at a time: at low rates a worker scores ~600
         batches of a few events a second, and each histogram update costs about the same
         for 5 events as for 500. Every reader calls `settle` first, so what it reads is
-        exact and up to date.
+        exact and up to date. The arrays are kept until then, not copied: a caller must
+        not change them afterwards (the scorer makes new ones for every batch).
         """
         labelled = (labels >= 0) & ~np.isnan(probabilities)
         flagged = probabilities >= self.threshold
