@@ -231,8 +231,19 @@ class Settings(BaseSettings):
         "at-least-once",
         description=(
             "exactly-once: each state partition writes in Kafka transactions, committed at each"
-            " snapshot (FRAUD_SNAPSHOT_INTERVAL; needs FRAUD_RECOVERY_DIR), read them with"
-            " isolation.level=read_committed; at-least-once: a crash may write outputs again"
+            " snapshot (FRAUD_SNAPSHOT_INTERVAL; needs FRAUD_RECOVERY_DIR) and every"
+            " FRAUD_KAFKA_COMMIT_INTERVAL, read them with isolation.level=read_committed;"
+            " at-least-once: a crash may write outputs again"
+        ),
+    )
+    kafka_commit_interval: float = Field(
+        1.0,
+        ge=0,
+        description=(
+            "exactly-once: seconds between commits of every partition's transaction, made in"
+            " the background at each multiple of it in wall-clock time (0: only at"
+            " snapshots); a read_committed reader sees a prediction at most about this much"
+            " later"
         ),
     )
     kafka_transactional_id: str | None = Field(

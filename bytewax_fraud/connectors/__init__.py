@@ -177,6 +177,7 @@ def make_outputs(s: Settings, fresh: bool) -> Outputs:
                 producer,
                 conn.consumer(s.start),
                 s.kafka_transactional_id or f"bytewax-fraud-{s.topic_predictions}",
+                s.kafka_commit_interval or None,
             )
         return Outputs(
             KafkaPredictionSink(s.topic_predictions, producer, s.partitions),

@@ -233,14 +233,35 @@ def test_kills_at_injected_points_and_at_random_write_everything_once(
     print(f"\nkills: 3 injected + {hits}/3 random hit; read_uncommitted saw {raw.seen_twice} dups")
 
 
+def test_background_commits_with_kills_write_everything_once(
+    topics: Topics, twin: Outputs, tmp_path: Path
+) -> None:
+    """FRAUD_KAFKA_COMMIT_INTERVAL: commits between snapshots, killed around them and at random.
+
+    The committed progress is then ahead of Bytewax's snapshot when a kill comes
+    after a background commit: the resume replays outputs that are committed
+    already, and must skip them.
+    """
+    env = topics.env("interval", FRAUD_KAFKA_COMMIT_INTERVAL="0.2", FRAUD_SNAPSHOT_INTERVAL="2")
+    injected = [("after-commit", 3), ("before-commit", 5), ("after-commit", 9)]
+    hits = kill_and_resume(topics, JobDirs(tmp_path), env, injected, 3, SEED + 2)
+    assert_exactly_once(read(topics.bootstrap, topics.outputs("interval")), twin)
+    print(f"\ninterval: 3 injected + {hits}/3 random kills")
+
+
 def test_a_stale_process_is_fenced_and_writes_nothing_visible(
     topics: Topics, twin: Outputs, tmp_path: Path
 ) -> None:
     env = topics.env("stale")
     old_dirs, new_dirs = JobDirs(tmp_path / "old"), JobDirs(tmp_path / "new")
     # The old process never ends its input and commits every 20 s: it is stopped inside
-    # its first transaction, once that has written records.
-    old_env = {**env, "FRAUD_SNAPSHOT_INTERVAL": "20", "FRAUD_KAFKA_STOP_AT_END": "0"}
+    # its first transaction, once that has written records (no background commits).
+    old_env = {
+        **env,
+        "FRAUD_SNAPSHOT_INTERVAL": "20",
+        "FRAUD_KAFKA_COMMIT_INTERVAL": "0",
+        "FRAUD_KAFKA_STOP_AT_END": "0",
+    }
     old = start(old_dirs, [], **old_env)
     preds = topics.outputs("stale")[0]
     deadline = time.monotonic() + 120

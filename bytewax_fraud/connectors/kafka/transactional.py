@@ -3,13 +3,22 @@
 Each state partition owns one producer with a stable `transactional.id`
 (`<prefix>-<partition>`), so the broker fences any other process that writes
 for the partition: a restarted, rescaled or stale one. A transaction holds
-everything the partition wrote since the last snapshot and commits when Bytewax
-snapshots it (at each epoch close, `FRAUD_SNAPSHOT_INTERVAL`). By then every
-output of every input event of the epoch has reached this sink, so "all the
-outputs of the partition's input offsets up to N" is a fact that can be
-committed: the same transaction commits it as the consumer-group offset N + 1 of
-the input partition (group `<prefix>`; other sources, such as the control topic,
-ride in that offset's metadata).
+everything the partition wrote since the last commit. Its outputs reach this
+sink in input order, so after any batch "all the outputs of the partition's
+input offsets up to N" is a fact that can be committed: the same transaction
+commits it as the consumer-group offset N + 1 of the input partition (group
+`<prefix>`; other sources, such as the control topic, ride in that offset's
+metadata).
+
+A transaction commits when Bytewax snapshots the partition (at each epoch close,
+`FRAUD_SNAPSHOT_INTERVAL`): the snapshot must never run ahead of what Kafka
+holds, or a crash right after it would lose the epoch's outputs. With
+`FRAUD_KAFKA_COMMIT_INTERVAL`, a transaction also commits once it has been open
+that long, on a thread of its own, while the worker goes on (what it writes
+meanwhile is held and opens the next transaction). A read_committed reader then
+waits about that interval, not an epoch, and not for the epoch's drain. The
+committed progress may then be ahead of Bytewax's snapshot; a resume skips those
+replayed outputs, as it skips any committed ones.
 
 librdkafka cannot resume a transaction a dead process left open:
 `init_transactions` aborts it. So at start a partition reads its committed
@@ -30,7 +39,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -123,6 +132,7 @@ class _TransactionalPartition(StatefulSinkPartition[Output, None]):
         txn_id: str,
         failed: threading.Event,
         group: CommitGroup,
+        commit_interval: float | None = None,
     ) -> None:
         self._input, self._predictions, self._dead_letters = topics
         self._failed = failed
@@ -153,9 +163,19 @@ class _TransactionalPartition(StatefulSinkPartition[Output, None]):
         self._retrying("starting the transactions", lambda: self._producer.init_transactions(30))
         self.fence = self._committed()
         self._seen = dict(self.fence.offsets)
+        #: The open transaction's messages, for producing them again after an abort.
         self._pending: list[_Message] = []
         self._open = False
-        group.add(self)  # only once built: a failed start leaves nothing in the group
+        #: Guards the transaction's state between the worker and the commit threads.
+        self._lock = threading.Lock()
+        #: A commit running on a thread of the group, and what the worker wrote meanwhile
+        #: (with the progress it covers): it opens the next transaction once that commit ends.
+        self._committing: Future[None] | None = None
+        self._held: list[_Message] = []
+        self._held_seen: dict[str, int] = {}
+        self._closing = False
+        # Only once built: a failed start leaves nothing in the group.
+        group.add(self, commit_interval)
 
     def _check(self, err: KafkaError, what: str) -> None:
         """Raise for a fatal `err` (naming its cause), else return."""
@@ -222,22 +242,30 @@ class _TransactionalPartition(StatefulSinkPartition[Output, None]):
 
     def write_batch(self, values: list[Output]) -> None:
         try:
-            self._write(values)
+            with self._lock:
+                self._write(values)
         except BaseException:
             self._failed.set()
             raise
 
     def _write(self, values: list[Output]) -> None:
-        self._begin()
-        fence, seen, pending = self.fence, self._seen, self._pending
-        produce, topic = self._producer.produce, self._predictions
+        busy = self._committing
+        if busy is not None and busy.done():
+            busy.result()  # a commit that ended leaves `_committing` unset unless it failed
+        holding = busy is not None
+        if holding:  # the producer is committing: these wait for the next transaction
+            seen, pending = self._held_seen, self._held
+        else:
+            self._begin()
+            seen, pending = self._seen, self._pending
+        start = len(pending)
+        fence, topic = self.fence, self._predictions
         for value in values:
             if isinstance(value, ScoredBatch):
                 source = self._input
                 offsets = value.offsets.tolist()
                 if not offsets or fence.covers(source, offsets[-1]):
                     continue  # nothing, or a replay of what was committed
-                start = len(pending)
                 if fence.covers(source, offsets[0]):  # the first batch after a resume
                     pending += [
                         (topic, user.encode(), line, None)
@@ -251,23 +279,62 @@ class _TransactionalPartition(StatefulSinkPartition[Output, None]):
                         (topic, user.encode(), line, None)
                         for user, line in zip(value.user_ids, value.lines, strict=True)
                     ]
-                for i in range(start, len(pending)):
-                    _, key, line, _ = pending[i]
-                    try:
-                        produce(topic, line, key)
-                    except (BufferError, KafkaException):  # queue full, or one bad message
-                        self._produce(pending[i])
                 seen[source] = max(seen.get(source, -1), offsets[-1])
             else:
                 o = value.origin
                 if fence.covers(o.source, o.offset):
                     continue
                 key, raw, headers = dead_letter_message(value)
-                msg: _Message = (self._dead_letters, key, raw, headers)
-                pending.append(msg)
-                self._produce(msg)
+                pending.append((self._dead_letters, key, raw, headers))
                 seen[o.source] = max(seen.get(o.source, -1), o.offset)
+        if not holding:
+            self._produce_from(start)
+
+    def _produce_from(self, start: int) -> None:
+        """Produce the open transaction's messages from `start` on."""
+        pending, produce = self._pending, self._producer.produce
+        for i in range(start, len(pending)):
+            topic, key, value, headers = pending[i]
+            try:
+                produce(topic, value, key, headers=headers)
+            except (BufferError, KafkaException):  # queue full, or one bad message
+                self._produce(pending[i])
         self._producer.poll(0)
+
+    def start_commit(self) -> Future[None] | None:
+        """Commit the open transaction on a thread of the group; the worker goes on.
+
+        Returns the commit running (a new one, or one started earlier), or None when
+        nothing is open.
+        """
+        with self._lock:
+            if self._committing is None and self._open and not self._closing:
+                self._committing = self._group.submit(self._commit_and_reopen)
+            return self._committing
+
+    def _commit_and_reopen(self) -> None:
+        # `self.commit` is looked up here: tests wrap it to kill the process around it.
+        self.commit()
+        with self._lock:
+            held, self._held = self._held, []
+            seen = self._seen
+            for source, offset in self._held_seen.items():
+                seen[source] = max(seen.get(source, -1), offset)
+            self._held_seen = {}
+            if held:
+                self._begin()
+                self._pending = held
+                self._produce_from(0)
+            self._committing = None
+
+    def wait_for_commits(self) -> None:
+        """Wait until no commit runs in the background; raise the error of one that failed."""
+        while True:
+            with self._lock:
+                busy = self._committing
+            if busy is None:
+                return
+            busy.result()
 
     @property
     def is_open(self) -> bool:
@@ -275,7 +342,11 @@ class _TransactionalPartition(StatefulSinkPartition[Output, None]):
         return self._open
 
     def commit(self) -> None:
-        """Commit what was produced since the last commit, with the progress it covers."""
+        """Commit what was produced since the last commit, with the progress it covers.
+
+        Runs on a thread of the group (`start_commit`), or on the worker while no
+        commit thread can run (`close`); the worker holds what it writes meanwhile.
+        """
         if not self._open:
             return
         progress = Progress(dict(self._seen))
@@ -321,18 +392,21 @@ class _TransactionalPartition(StatefulSinkPartition[Output, None]):
         # left open is aborted by the next run's init_transactions.
         if self._failed.is_set():
             return
+        self._group.remove(self)
+        with self._lock:
+            self._closing = True  # no commit starts on a thread of the group any more
         try:
+            self.wait_for_commits()
             self.commit()
         except BaseException:
             self._failed.set()
             raise
         self._reader.close()
         self._producer.flush(5)
-        self._group.remove(self)
 
 
 class CommitGroup:
-    """The transactional partitions one worker holds, committed together when an epoch closes.
+    """The transactional partitions one worker holds, and the threads that commit them.
 
     Bytewax snapshots a worker's sink partitions one after another once an epoch
     is closed: every write of the epoch has been made and none of the next (the
@@ -344,38 +418,72 @@ class CommitGroup:
     at once, one thread each (librdkafka waits without the GIL), and waits for
     all; the later snapshots find theirs committed. A failure is raised as the
     partition's own commit would raise it.
+
+    With a commit interval, a ticker thread also starts the commit of every open
+    transaction of the group at each multiple of the interval in wall-clock time,
+    whether or not the worker writes again (the last outputs before a pause in the
+    input are not left for the snapshot). A read_committed reader can read a
+    partition of the predictions only up to the first record of a transaction still
+    open there, and every state partition writes to every partition of the
+    predictions: commits at the same instants, in every worker and process (with
+    synchronised clocks), keep one partition's open transaction from hiding the
+    others' committed records.
     """
 
     def __init__(self) -> None:
         """An empty group; partitions add themselves when built."""
         self._parts: list[_TransactionalPartition] = []
         self._pool: ThreadPoolExecutor | None = None
+        self._ticker: threading.Thread | None = None
+        self._wake = threading.Event()
+        self._stopped = False
 
-    def add(self, part: _TransactionalPartition) -> None:
-        """Commit `part` with the others from now on."""
-        self._parts.append(part)
+    def add(self, part: _TransactionalPartition, interval: float | None) -> None:
+        """Commit `part` with the others from now on, and every `interval` seconds if set."""
+        self._parts = [*self._parts, part]
+        if interval is not None and self._ticker is None:
+            self._ticker = threading.Thread(
+                target=self._tick, args=(interval,), name="fraud-commit-ticker", daemon=True
+            )
+            self._ticker.start()
 
     def remove(self, part: _TransactionalPartition) -> None:
         """`part` is closed; the threads end with the last one."""
         self._parts = [p for p in self._parts if p is not part]
-        if not self._parts and self._pool is not None:
-            self._pool.shutdown(wait=False)
-            self._pool = None
+        if not self._parts:
+            self._stopped = True
+            self._wake.set()
+            if self._pool is not None:
+                self._pool.shutdown(wait=False)
+                self._pool = None
 
-    def commit_open(self) -> None:
-        """Commit every open transaction of the group; raise the first failure, in order."""
-        due = [p for p in self._parts if p.is_open]
-        if len(due) <= 1:
-            for part in due:
-                part.commit()
-            return
+    def submit(self, commit: Callable[[], None]) -> Future[None]:
+        """Run `commit` on a thread of the group's pool."""
         if self._pool is None:
             self._pool = ThreadPoolExecutor(32, thread_name_prefix="fraud-commit")
-        futures = [self._pool.submit(part.commit) for part in due]
-        errors = [f.exception() for f in futures]  # waits for every commit
-        for err in errors:
-            if err is not None:
-                raise err
+        return self._pool.submit(commit)
+
+    def _tick(self, interval: float) -> None:
+        while not self._stopped:
+            now = time.time()
+            if self._wake.wait(interval - now % interval):
+                return  # the last partition closed
+            for part in self._parts:
+                part.start_commit()
+
+    def commit_open(self) -> None:
+        """Commit every open transaction of the group; raise the first failure, in order.
+
+        Background commits are waited for first: what their partitions held
+        meanwhile opened the transactions committed here.
+        """
+        parts = self._parts
+        for part in parts:
+            part.wait_for_commits()
+        for part in parts:
+            part.start_commit()
+        for part in parts:
+            part.wait_for_commits()
 
 
 class KafkaTransactionalSink(FixedPartitionedSink[Output, None]):
@@ -392,6 +500,7 @@ class KafkaTransactionalSink(FixedPartitionedSink[Output, None]):
         producer_config: dict[str, Any],
         consumer_config: dict[str, Any],
         txn_prefix: str,
+        commit_interval: float | None = None,
     ) -> None:
         """Write for `partitions` state partitions.
 
@@ -401,12 +510,15 @@ class KafkaTransactionalSink(FixedPartitionedSink[Output, None]):
             producer_config: Properties of the producers (a transactional.id is added).
             consumer_config: Properties of the client that reads the committed progress.
             txn_prefix: `transactional.id` = `<txn_prefix>-<partition>`; also the group.
+            commit_interval: Also commit a transaction, in the background, once it has
+                been open this many seconds (None: only at snapshots).
         """
         self.partitions = partitions
         self.topics = topics
         self._producer_config = producer_config
         self._consumer_config = consumer_config
         self.txn_prefix = txn_prefix
+        self.commit_interval = commit_interval
         #: Set once a partition of this process raised (see `_TransactionalPartition.close`).
         self._failed = threading.Event()
         #: Each worker thread's partitions, committed together (`CommitGroup`).
@@ -434,4 +546,5 @@ class KafkaTransactionalSink(FixedPartitionedSink[Output, None]):
             f"{self.txn_prefix}-{p}",
             self._failed,
             group,
+            self.commit_interval,
         )

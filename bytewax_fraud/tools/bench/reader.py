@@ -174,15 +174,15 @@ def point(
         env = kafka_env(cfg, broker, prefix, t_in, t_pred, t_dl, d)
         env.pop("FRAUD_KAFKA_STOP_AT_END")
         env["PYTHONPATH"] = str(job_root)
-        env.update(job_env or {})
         cmd = [sys.executable, "-m", "bytewax.run", "dataflows.fraud"]
         if variant in ("alo-r", "eos"):  # as `make run` runs it: resumable, with snapshots
             env["FRAUD_RECOVERY_DIR"] = str(d / "recovery")
             cmd = [sys.executable, "-m", "bytewax_fraud"]
             (d / "state").rename(d / "state-unused")
-        if variant == "eos":
+        if variant == "eos":  # transactions committed every interval, in the background
             env["FRAUD_KAFKA_DELIVERY"] = "exactly-once"
-            env["FRAUD_SNAPSHOT_INTERVAL"] = str(commit_interval)
+            env["FRAUD_KAFKA_COMMIT_INTERVAL"] = str(commit_interval)
+        env.update(job_env or {})
         with open(d / "log.txt", "wb") as log:
             job = subprocess.Popen(cmd, cwd=job_root, env=env, stdout=log, stderr=subprocess.STDOUT)
     out = d / "reader.npy"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from pathlib import Path
 
@@ -96,3 +97,49 @@ def test_the_first_snapshot_of_an_epoch_commits_every_open_transaction_of_the_wo
     assert lines == sorted(want)
     for part in parts:
         part.close()
+
+
+def _committed_lines(conn_config: dict[str, object], topic: str) -> list[bytes]:
+    read_committed = {**conn_config, "isolation.level": "read_committed"}
+    return sorted(m.value() or b"" for m in messages(read_committed, topic, 1))
+
+
+@pytest.mark.kafka
+def test_a_commit_interval_commits_in_the_background_between_snapshots(
+    kafka_broker: Broker,
+) -> None:
+    # FRAUD_KAFKA_COMMIT_INTERVAL: a transaction open that long is committed by a thread
+    # of its own, whether or not the worker writes again; what the worker writes while a
+    # commit runs waits for the next transaction. Readers see outputs without any
+    # snapshot; the snapshot then commits the rest, and each line is there once.
+    prefix = f"interval-{uuid.uuid4().hex[:8]}"
+    topics = (f"{prefix}-tx", f"{prefix}-p", f"{prefix}-d")
+    admin = admin_client({"bootstrap.servers": kafka_broker.bootstrap_servers})
+    for t in topics:
+        create_topic(admin, t, 1)
+    conn = kafka_connection(load_settings(kafka_bootstrap_servers=kafka_broker.bootstrap_servers))
+    sink = KafkaTransactionalSink(1, topics, conn.producer(), conn.consumer(), prefix, 0.1)
+    (part,) = [sink.build_part("out", name, None) for name in sink.list_parts()]
+    first = _scored("a", range(0, 10))
+    part.write_batch([first])  # and nothing more: the input pauses
+    deadline = time.monotonic() + 30
+    while (got := _committed_lines(conn.consumer("earliest"), topics[1])) != sorted(first.lines):
+        assert time.monotonic() < deadline, f"not committed in the background: {len(got)} lines"
+        time.sleep(0.05)
+    assert part.is_open is False
+    later = [_scored("a", range(10 + 5 * i, 15 + 5 * i)) for i in range(60)]
+    for batch in later:  # 0.6 s of writes: some while a commit runs
+        part.write_batch([batch])
+        time.sleep(0.01)
+    time.sleep(0.5)
+    got = _committed_lines(conn.consumer("earliest"), topics[1])
+    assert len(got) > len(first.lines), "nothing written later was committed before the snapshot"
+    part.snapshot()
+    assert not part.is_open
+    every = sorted([*first.lines, *(line for b in later for line in b.lines)])
+    assert _committed_lines(conn.consumer("earliest"), topics[1]) == every
+    reader = Consumer({**conn.consumer(), "group.id": prefix})
+    (tp,) = reader.committed([TopicPartition(topics[0], 0)], 30)
+    reader.close()
+    assert tp.offset == 310  # the next input offset after all of it
+    part.close()
