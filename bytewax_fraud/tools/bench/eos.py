@@ -2,7 +2,8 @@
 
 Variants, each on its own topics of one broker (Apache Kafka started here, or
 KAFKA_BOOTSTRAP_SERVERS), all with a recovery directory and the same snapshot
-interval (the exactly-once commit cadence):
+interval; exactly-once commits every `--commit-interval` in the background
+(FRAUD_KAFKA_COMMIT_INTERVAL) and at each snapshot:
 
 - `alo-1w`, `eos-1w`: at-least-once / exactly-once, 1 worker;
 - `alo-2p`, `eos-2p`: the same with 2 processes;
@@ -14,7 +15,8 @@ latency figures are the job's own (`latency_ms`: source to produce); a
 read_committed consumer sees an exactly-once prediction up to one commit
 interval later. Prints a table and the ratios eos / alo; `--json` writes them.
 
-    python -m bytewax_fraud.tools.bench.eos [--events N] [--commit-interval S] [--json F]
+    python -m bytewax_fraud.tools.bench.eos [--events N] [--commit-interval S]
+        [--snapshot-interval S] [--json F]
 """
 
 from __future__ import annotations
@@ -33,7 +35,11 @@ from bytewax_fraud.tools.bench.kafka import run_broker_floor, run_kafka
 
 
 def run(
-    events: int, commit_interval: float, workdir: Path, processes: int = 2
+    events: int,
+    commit_interval: float,
+    workdir: Path,
+    processes: int = 2,
+    snapshot_interval: float = 5.0,
 ) -> dict[str, Result]:
     """Measure every variant once; returns them by name (empty when there is no broker)."""
     cfg = BenchConfig(events=events, users=max(events // 10, 100))
@@ -46,7 +52,8 @@ def run(
             env = {
                 "FRAUD_KAFKA_DELIVERY": delivery,
                 "FRAUD_RECOVERY_DIR": "recovery",
-                "FRAUD_SNAPSHOT_INTERVAL": str(commit_interval),
+                "FRAUD_SNAPSHOT_INTERVAL": str(snapshot_interval),
+                "FRAUD_KAFKA_COMMIT_INTERVAL": str(commit_interval),
                 "FRAUD_BACKUP_INTERVAL": "0",
             }
             for n in (1, processes):
@@ -76,14 +83,22 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bytewax_fraud.tools.bench.eos")
     ap.add_argument("--events", type=int, default=200_000, help="events per variant")
     ap.add_argument(
-        "--commit-interval", type=float, default=1.0, help="FRAUD_SNAPSHOT_INTERVAL, seconds"
+        "--commit-interval",
+        type=float,
+        default=1.0,
+        help="exactly-once: FRAUD_KAFKA_COMMIT_INTERVAL, seconds (0: commit at snapshots only)",
+    )
+    ap.add_argument(
+        "--snapshot-interval", type=float, default=5.0, help="FRAUD_SNAPSHOT_INTERVAL, seconds"
     )
     ap.add_argument("--processes", type=int, default=2, help="processes of the cluster variants")
     ap.add_argument("--json", type=Path, help="write the results here")
     ap.add_argument("--workdir", type=Path, help="scratch directory (default: a temporary one)")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
-        results = run(args.events, args.commit_interval, Path(tmp), args.processes)
+        results = run(
+            args.events, args.commit_interval, Path(tmp), args.processes, args.snapshot_interval
+        )
     if not results:
         print("no broker: run .ci/install-kafka or set KAFKA_BOOTSTRAP_SERVERS", file=sys.stderr)
         return 1
@@ -100,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                     "machine": platform.platform(),
                     "events": args.events,
                     "commit_interval_s": args.commit_interval,
+                    "snapshot_interval_s": args.snapshot_interval,
                     "variants": {k: asdict(v) for k, v in results.items()},
                     "ratios": rs,
                 },

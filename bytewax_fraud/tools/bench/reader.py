@@ -60,7 +60,8 @@ _OWN_ROOT = ROOT
 #: What is measured: the broker alone; the job at-least-once without recovery (`alo`,
 #: `python -m bytewax.run dataflows.fraud`) and with it (`alo-r`: `python -m bytewax_fraud`
 #: with a recovery directory and the default 5 s snapshots, as `make run` runs it; each
-#: snapshot pauses the input while the epoch drains); the job exactly-once.
+#: snapshot pauses the input while the epoch drains); the job exactly-once (the same, with
+#: transactions committed in the background every `commit_interval`, read read_committed).
 VARIANTS = ("broker", "alo", "alo-r", "eos")
 
 
@@ -339,7 +340,9 @@ def main(argv: list[str] | None = None) -> int:
         default=BenchConfig.kafka_point_seconds,
         help="length of each counted point (the warm-up points take 6 s)",
     )
-    ap.add_argument("--commit-interval", type=float, default=1.0, help="eos: seconds")
+    ap.add_argument(
+        "--commit-interval", type=float, default=1.0, help="eos: FRAUD_KAFKA_COMMIT_INTERVAL, s"
+    )
     ap.add_argument("--job-root", type=Path, default=ROOT, help="the checkout to run")
     ap.add_argument("--job-env", action="append", default=[], help="KEY=VALUE for the job")
     ap.add_argument("--json", type=Path, help="write the results here")

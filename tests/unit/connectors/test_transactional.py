@@ -13,6 +13,7 @@ from kafka_broker import Broker
 
 from bytewax_fraud.connectors import kafka_connection, make_outputs
 from bytewax_fraud.connectors.kafka.admin import admin_client, create_topic
+from bytewax_fraud.connectors.kafka.errors import KafkaFenced
 from bytewax_fraud.connectors.kafka.transactional import KafkaTransactionalSink, Progress
 from bytewax_fraud.errors import SettingsError
 from bytewax_fraud.partitioning import routing_key
@@ -143,3 +144,34 @@ def test_a_commit_interval_commits_in_the_background_between_snapshots(
     reader.close()
     assert tp.offset == 310  # the next input offset after all of it
     part.close()
+
+
+@pytest.mark.kafka
+def test_a_background_commit_that_is_fenced_stops_the_next_write(kafka_broker: Broker) -> None:
+    # Another process took the transactional.id over while a transaction was open: the
+    # background commit fails, and the worker's next write raises the one-line KafkaFenced
+    # (the worker never waited for that commit). Nothing of the old transaction is visible.
+    prefix = f"fenced-{uuid.uuid4().hex[:8]}"
+    topics = (f"{prefix}-tx", f"{prefix}-p", f"{prefix}-d")
+    admin = admin_client({"bootstrap.servers": kafka_broker.bootstrap_servers})
+    for t in topics:
+        create_topic(admin, t, 1)
+    conn = kafka_connection(load_settings(kafka_bootstrap_servers=kafka_broker.bootstrap_servers))
+    old_sink = KafkaTransactionalSink(1, topics, conn.producer(), conn.consumer(), prefix, 0.5)
+    (old,) = [old_sink.build_part("out", name, None) for name in old_sink.list_parts()]
+    old.write_batch([_scored("old", range(0, 10))])
+    new_sink = KafkaTransactionalSink(1, topics, conn.producer(), conn.consumer(), prefix)
+    (new,) = [new_sink.build_part("out", name, None) for name in new_sink.list_parts()]
+    deadline = time.monotonic() + 30
+    with pytest.raises(KafkaFenced, match="taken over by another process"):
+        while time.monotonic() < deadline:  # the ticker commits within 0.5 s, and fails
+            old.write_batch([_scored("old", range(10, 11))])
+            time.sleep(0.05)
+    assert _committed_lines(conn.consumer("earliest"), topics[1]) == []
+    new.write_batch([_scored("new", range(0, 3))])
+    new.snapshot()
+    assert _committed_lines(conn.consumer("earliest"), topics[1]) == sorted(
+        _scored("new", range(0, 3)).lines
+    )
+    new.close()
+    old.close()  # after the failure: commits nothing, raises nothing
