@@ -82,8 +82,13 @@ class PartitionClock:
         return float(self._top.max()) if len(self._top) else -math.inf
 
     def to_bytes(self) -> bytes:
-        """The persisted form: little-endian float64s."""
-        return self._top.astype("<f8").tobytes()
+        """The persisted form: little-endian float64s, ascending.
+
+        Sorted, so that it depends only on the set: the order `np.partition` leaves
+        differs between numpy builds (2.4's SIMD selection on this machine), and
+        between the batch shapes that built the same set.
+        """
+        return np.sort(self._top).astype("<f8").tobytes()
 
     @classmethod
     def from_bytes(cls, data: bytes | None, rank: int = CLOCK_RANK) -> PartitionClock:
