@@ -3,12 +3,15 @@
 Only wiring: building a dataflow opens nothing and starts nothing. What the
 steps need (the scorer's config, the command validator, the source and the
 sinks) is prepared by `job.build_job`.
+
+Everything a partition outputs (predictions, and the dead letters of its events
+and commands) leaves its scoring step in one item per call, in input order.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any, TypeGuard, cast
+from typing import Any, cast
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
@@ -17,17 +20,21 @@ from bytewax.inputs import FixedPartitionedSource, Source
 from bytewax_fraud.admission.misrouting import reject_misrouted
 from bytewax_fraud.connectors import Outputs
 from bytewax_fraud.connectors.epochs import EpochSignal
-from bytewax_fraud.control.commands import ControlItem, ControlMessage, ControlRejected
+from bytewax_fraud.control.commands import ControlMessage, ControlRejected
 from bytewax_fraud.control.deployment import report_rejection
 from bytewax_fraud.control.gate import CommandValidator
 from bytewax_fraud.label_field import relabel
 from bytewax_fraud.parse import parse_batch
-from bytewax_fraud.partition_logic import PartitionBatch, PartitionConfig, logic_builder
+from bytewax_fraud.partition_logic import (
+    PartitionBatch,
+    PartitionConfig,
+    PartitionItem,
+    logic_builder,
+)
 from bytewax_fraud.partitioning import routing_key
 from bytewax_fraud.process.progress import Progress
 from bytewax_fraud.records import (
     DeadLetter,
-    EventBatch,
     RawBatch,
     RawMessage,
     ScoredBatch,
@@ -42,16 +49,20 @@ def _ingest_batch(
     partitions: int,
     label_field: str,
     items: list[RawBatch | RawMessage | ControlMessage],
-) -> list[PartitionBatch | DeadLetter]:
-    """Parse source batches into one batch per state partition (in order) and dead letters.
+) -> list[PartitionBatch]:
+    """Parse source batches into one batch per state partition, in stream order.
 
     Working on whole batches, as columns, keeps per-event objects off the hot path.
     Single `RawMessage`s (from a custom source) are parsed as batches of one. Events
     of users that belong to another partition are dead letters (misrouting.py).
     Labels come from `label_field` where it is not `label` (label_field.py).
+
+    Dead letters (malformed messages, misrouted events, rejected commands) go to
+    their partition's scoring step with its events, which hands each partition's
+    outputs on in one item per call: every output of a partition takes one path,
+    in input order, so an exactly-once sink may commit between any two items.
     """
-    by_partition: dict[int, list[EventBatch | ControlItem]] = {}
-    dead: list[PartitionBatch | DeadLetter] = []
+    by_partition: dict[int, list[PartitionItem]] = {}
     for item in items:
         kind = type(item)
         if kind is RawBatch or kind is RawMessage:
@@ -59,48 +70,41 @@ def _ingest_batch(
                 cast(RawBatch, item) if kind is RawBatch else RawBatch.of([cast(RawMessage, item)])
             )
             events, rejected = parse_batch(raw, max_bytes)
-            dead += rejected
+            out = by_partition.setdefault(raw.partition, [])
+            out += rejected
             if events is not None:
                 events, misrouted = reject_misrouted(events, partitions)
-                dead += misrouted
+                out += misrouted
             if events is not None:
                 if label_field != "label":
                     events = relabel(events, label_field)
-                by_partition.setdefault(raw.partition, []).append(events)
+                out.append(events)
         else:
             msg = cast(ControlMessage, item)
             outcome = validator.validate(msg)
+            out = by_partition.setdefault(msg.partition, [])
             if isinstance(outcome, ControlRejected):
-                dead += report_rejection(msg.partition, msg.seq, msg.value, outcome, msg.source)
+                out += report_rejection(msg.partition, msg.seq, msg.value, outcome, msg.source)
             else:
-                by_partition.setdefault(outcome.partition, []).append(outcome)
-    return [PartitionBatch(p, xs) for p, xs in by_partition.items()] + dead
-
-
-def _is_partition_batch(x: PartitionBatch | DeadLetter) -> TypeGuard[PartitionBatch]:
-    return isinstance(x, PartitionBatch)
+                out.append(outcome)
+    return [PartitionBatch(p, xs) for p, xs in by_partition.items() if xs]
 
 
 def _route(batch: PartitionBatch) -> str:
     return routing_key(batch.partition)
 
 
-def _value(kv: tuple[str, Any]) -> Any:
-    return kv[1]
+def _has_lines(item: tuple[str, ScoredBatch]) -> bool:
+    return bool(item[1].lines)
 
 
-def _is_scored(
-    kv: tuple[str, ScoredBatch | DeadLetter],
-) -> TypeGuard[tuple[str, ScoredBatch]]:
-    return isinstance(kv[1], ScoredBatch)
+def _dead_letters_of(item: tuple[str, ScoredBatch]) -> list[DeadLetter]:
+    return item[1].dead_letters
 
 
-def _count_dead_letter(_step_id: str, dead: DeadLetter) -> None:
-    STATS.record_dead_letters([dead.error_class])
-
-
-def _dead_letter_route(dead: DeadLetter) -> str:
-    return routing_key(dead.origin.partition)
+def _count_dead_letters(_step_id: str, item: tuple[str, ScoredBatch]) -> None:
+    if item[1].dead_letters:
+        STATS.record_dead_letters([d.error_class for d in item[1].dead_letters])
 
 
 def _prediction_blob(item: tuple[str, ScoredBatch]) -> tuple[str, bytes]:
@@ -144,21 +148,16 @@ def build_flow(
         raw,
         functools.partial(_ingest_batch, validator, max_message_bytes, partitions, label_field),
     )
-    split = op.branch("split_valid", parsed, _is_partition_batch)
-    keyed = op.key_on("by_partition", split.trues, _route)
+    keyed = op.key_on("by_partition", parsed, _route)
     scored = op.stateful_batch("score", keyed, logic_builder(config))
-    results = op.branch("split_results", scored, _is_scored)
-    rejected = op.map("unkey_rejected", results.falses, _value)
-    dead: Stream[Any] = op.merge("all_dead_letters", split.falses, rejected)
-    op.inspect("count_dead_letters", dead, _count_dead_letter)
-    predictions: Stream[Any] = results.trues
+    # One item per scoring call: the partition's predictions and dead letters together.
+    op.inspect("count_dead_letters", scored, _count_dead_letters)
     if outputs.exactly_once is not None:
-        # One transaction per state partition holds both outputs: dead letters are keyed
-        # by the partition they came from, as predictions are.
-        keyed_dead = op.key_on("key_dead_letters", dead, _dead_letter_route)
-        both = op.merge("all_outputs", predictions, keyed_dead)
-        op.output("outputs_exactly_once", both, outputs.exactly_once)
+        # One transaction per state partition holds both outputs, item by item.
+        op.output("outputs_exactly_once", scored, outputs.exactly_once)
         return flow
+    predictions: Stream[Any] = op.filter("with_predictions", scored, _has_lines)
+    dead: Stream[Any] = op.flat_map("dead_letters", scored, _dead_letters_of)
     if outputs.as_lines:
         predictions = op.map("format_predictions", predictions, _prediction_blob)
         dead = op.map("format_dead_letters", dead, _dead_letter_line)

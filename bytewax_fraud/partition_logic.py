@@ -9,6 +9,7 @@ integers; the user state lives in RocksDB, fenced by per-user offsets.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -32,7 +33,7 @@ from bytewax_fraud.errors import RecoveryError
 from bytewax_fraud.inference.runtime import LoadedModel
 from bytewax_fraud.inference.sequence import batch_shape
 from bytewax_fraud.records import DeadLetter, EventBatch, ScoredBatch
-from bytewax_fraud.scoring import PartitionScorer
+from bytewax_fraud.scoring import PartitionScorer, concat_scored, empty_scored
 from bytewax_fraud.state import wal_sync
 from bytewax_fraud.state.base import HIGH_WATER_KEY, REPLAY_FLOOR_KEY, USER_PREFIX, StateStore
 from bytewax_fraud.state.buffered import BufferedStore
@@ -106,19 +107,20 @@ def _show_deployment(stats: RunStats, dep: Deployment) -> None:
         stats.batch_shapes = shapes
 
 
+#: What a partition's scoring step is given: events, commands, and the dead letters of
+#: its input that the parse step found (handed on with the partition's other outputs).
+PartitionItem = EventBatch | ControlItem | DeadLetter
+
+
 @dataclass(frozen=True, slots=True)
 class PartitionBatch:
-    """Events and control items of one state partition, in stream order."""
+    """Events, control items and dead letters of one state partition, in stream order."""
 
     partition: int
-    items: list[EventBatch | ControlItem]
+    items: list[PartitionItem]
 
 
-#: What the scoring step gives out.
-Outbound = ScoredBatch | DeadLetter
-
-
-class PartitionLogic(StatefulBatchLogic[PartitionBatch, Outbound, dict[str, Any]]):
+class PartitionLogic(StatefulBatchLogic[PartitionBatch, ScoredBatch, dict[str, Any]]):
     """Scores one partition's events; the partition is learnt from the first event."""
 
     def __init__(
@@ -174,24 +176,40 @@ class PartitionLogic(StatefulBatchLogic[PartitionBatch, Outbound, dict[str, Any]
         self._scorer = scorer
         return scorer
 
-    def on_batch(self, batches: list[PartitionBatch]) -> tuple[Iterable[Outbound], bool]:
+    def on_batch(self, batches: list[PartitionBatch]) -> tuple[Iterable[ScoredBatch], bool]:
+        """Everything the partition outputs for these batches, as one `ScoredBatch`.
+
+        Its dead letters are the parse step's, the scoring's and the commands', so
+        that every output of the partition takes one path, in input order: an
+        exactly-once sink can commit between any two items (transactional.py).
+        """
         scorer = self._scorer or self._open(batches[0].partition)
         values = batches[0].items if len(batches) == 1 else [x for b in batches for x in b.items]
-        out: list[Outbound] = []
+        parts: list[ScoredBatch] = []
+        dead: list[DeadLetter] = []
         events: list[EventBatch] = []
         for value in values:
             if isinstance(value, EventBatch):
                 events.append(value)
+            elif isinstance(value, DeadLetter):
+                dead.append(value)
             else:  # a control item applies between the events before and after it
-                out += self._score(scorer, events)
-                out += self._control(scorer, value)
+                self._score(scorer, events, parts)
+                dead += self._control(scorer, value)
                 events = []
-        out += self._score(scorer, events)
-        return out, StatefulBatchLogic.RETAIN
+        self._score(scorer, events, parts)
+        if not parts and not dead:
+            return [], StatefulBatchLogic.RETAIN
+        out = concat_scored(parts) if parts else empty_scored()
+        if dead:
+            out = dataclasses.replace(out, dead_letters=[*out.dead_letters, *dead])
+        return [out], StatefulBatchLogic.RETAIN
 
-    def _score(self, scorer: PartitionScorer, events: list[EventBatch]) -> list[Outbound]:
+    def _score(
+        self, scorer: PartitionScorer, events: list[EventBatch], parts: list[ScoredBatch]
+    ) -> None:
         if not events:
-            return []
+            return
         batch = EventBatch.concat(events)
         first = int(batch.offsets.min())
         if first < self._seen:
@@ -211,8 +229,9 @@ class PartitionLogic(StatefulBatchLogic[PartitionBatch, Outbound, dict[str, Any]
             stats.cache_misses += cache.misses - misses
             stats.sequence_calls += scored.sequence_calls
         stats.record_event_time(scorer.partition, scorer.clock.now, scored.late_accepted)
+        parts.append(scored)
         if not scored.lines:
-            return list(scored.dead_letters)
+            return
         stats.record_scored(
             scored.latencies_ms,
             scored.probabilities,
@@ -224,7 +243,6 @@ class PartitionLogic(StatefulBatchLogic[PartitionBatch, Outbound, dict[str, Any]
             scored.scores,
             scored.score_labels,
         )
-        return [scored, *scored.dead_letters]
 
     def _control(self, scorer: PartitionScorer, item: ControlItem) -> list[DeadLetter]:
         """Apply a command at this point of the partition's stream (once, even on replay)."""
@@ -248,7 +266,7 @@ class PartitionLogic(StatefulBatchLogic[PartitionBatch, Outbound, dict[str, Any]
             return None
         return datetime.fromtimestamp(self._next_sweep, UTC)
 
-    def on_notify(self) -> tuple[Iterable[Outbound], bool]:
+    def on_notify(self) -> tuple[Iterable[ScoredBatch], bool]:
         scorer = self._scorer
         if scorer is not None:
             safe = self._marks[0] if len(self._marks) == self._config.kept_marks else 0

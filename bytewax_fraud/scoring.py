@@ -98,7 +98,9 @@ class PartitionScorer:
         n, size = len(batch), self.batch_max
         if n <= size:
             return self._score_slice(batch)
-        return _concat([self._score_slice(batch.slice(i, i + size)) for i in range(0, n, size)])
+        return concat_scored(
+            [self._score_slice(batch.slice(i, i + size)) for i in range(0, n, size)]
+        )
 
     def _score_slice(self, batch: EventBatch) -> ScoredBatch:
         """Admit, score and persist one batch: one atomic write for all it changed."""
@@ -177,7 +179,7 @@ class PartitionScorer:
 
     def _score(self, batch: EventBatch, model: LoadedModel, writes: WriteSet) -> ScoredBatch:
         if len(batch) == 0:
-            return _empty()
+            return empty_scored()
         g = group(batch)
         user_keys = [user_key(u) for u in g.users]
         st = decode(
@@ -349,7 +351,7 @@ def _merge_scores(parts: list[ScoredBatch], column: str = "scores") -> dict[str,
     return {k: v[0] if len(v) == 1 else np.concatenate(v) for k, v in grouped.items()}
 
 
-def _concat(parts: list[ScoredBatch]) -> ScoredBatch:
+def concat_scored(parts: list[ScoredBatch]) -> ScoredBatch:
     """Join batches scored one after the other."""
     if len(parts) == 1:
         return parts[0]
@@ -402,7 +404,7 @@ def _interleave(parts: list[tuple[np.ndarray, ScoredBatch]]) -> ScoredBatch:
     )
 
 
-def _empty() -> ScoredBatch:
+def empty_scored() -> ScoredBatch:
     """A batch that scored nothing."""
     return ScoredBatch(
         user_ids=[],

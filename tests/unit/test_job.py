@@ -8,13 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bytewax.testing import TestingSource, cluster_main, run_main
+from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 
+from bytewax_fraud.connectors import Outputs
 from bytewax_fraud.connectors.generator import TransactionGenerator
 from bytewax_fraud.errors import RecoveryError, StateError
 from bytewax_fraud.job import build_dataflow
-from bytewax_fraud.partitioning import partition_for
-from bytewax_fraud.records import DeadLetter, Prediction, RawMessage
+from bytewax_fraud.partitioning import partition_for, partition_of_routing_key
+from bytewax_fraud.records import DeadLetter, Prediction, RawMessage, ScoredBatch
 from bytewax_fraud.settings import Settings, load_settings
 from bytewax_fraud.state.__main__ import show, stats
 
@@ -104,6 +105,44 @@ def test_bad_inputs_become_dead_letters_and_valid_neighbours_are_scored(
         assert d.stage == case["stage"], case["kind"]
         assert case["reason_contains"] in d.reason, case["kind"]
         assert d.origin.source == "test"
+
+
+def test_each_partition_hands_all_its_outputs_on_in_one_item_per_call_in_input_order(
+    tmp_path: Path, bad_corpus: list[dict[str, Any]]
+) -> None:
+    # What the exactly-once sink relies on to commit between any two items: a partition's
+    # predictions and dead letters (parse, misrouting, event time) come in one path, each
+    # item holding every output of a range of its input, the ranges in order.
+    gen = TransactionGenerator(users=50, seed=1)
+    offsets = [0] * 4
+    msgs: list[RawMessage] = []
+    for i, value in enumerate(v for v, _ in zip(gen.events(), range(400), strict=False)):
+        p = partition_for(json.loads(value)["user_id"], 4)
+        msgs.append(RawMessage(value, None, "test", p, offsets[p], None, 0))
+        offsets[p] += 1
+        if i % 5 == 0:
+            bad = bad_corpus[(i // 5) % len(bad_corpus)]["value"]
+            msgs.append(RawMessage(bad, b"k", "test", p, offsets[p], None, 0))
+            offsets[p] += 1
+    got: list[tuple[str, Any]] = []
+    unused = TestingSink([])
+    outputs = Outputs(unused, unused, as_lines=False, exactly_once=TestingSink(got))
+    s = settings(tmp_path)
+    run_main(build_dataflow(s, source=TestingSource(msgs, batch_size=16), outputs=outputs))
+    assert got and all(isinstance(item, ScoredBatch) for _, item in got)
+    for p in range(4):
+        ranges = []
+        for key, item in got:
+            if partition_of_routing_key(key) != p:
+                continue
+            covered = sorted(
+                [*item.offsets.tolist(), *(d.origin.offset for d in item.dead_letters)]
+            )
+            assert covered, "an item with no output"
+            ranges.append(covered)
+        flat = [o for r in ranges for o in r]
+        assert flat == list(range(offsets[p])), f"partition {p}: outputs missing or out of order"
+    assert sum(len(item.dead_letters) for _, item in got) == len(range(0, 400, 5))
 
 
 def test_restart_from_the_beginning_replays_identically_until_outbox_pruning(

@@ -261,11 +261,15 @@ class _TransactionalPartition(StatefulSinkPartition[Output, None]):
         start = len(pending)
         fence, topic = self.fence, self._predictions
         for value in values:
-            if isinstance(value, ScoredBatch):
-                source = self._input
-                offsets = value.offsets.tolist()
-                if not offsets or fence.covers(source, offsets[-1]):
-                    continue  # nothing, or a replay of what was committed
+            if not isinstance(value, ScoredBatch):
+                self._dead_letter(value, pending, seen)
+                continue
+            # A partition's scoring step hands on all it output for its input as one item
+            # (its dead letters inside): with nothing of that input still on its way here,
+            # the progress may be committed after any item.
+            source = self._input
+            offsets = value.offsets.tolist()
+            if offsets and not fence.covers(source, offsets[-1]):
                 if fence.covers(source, offsets[0]):  # the first batch after a resume
                     pending += [
                         (topic, user.encode(), line, None)
@@ -280,15 +284,18 @@ class _TransactionalPartition(StatefulSinkPartition[Output, None]):
                         for user, line in zip(value.user_ids, value.lines, strict=True)
                     ]
                 seen[source] = max(seen.get(source, -1), offsets[-1])
-            else:
-                o = value.origin
-                if fence.covers(o.source, o.offset):
-                    continue
-                key, raw, headers = dead_letter_message(value)
-                pending.append((self._dead_letters, key, raw, headers))
-                seen[o.source] = max(seen.get(o.source, -1), o.offset)
+            for dead in value.dead_letters:
+                self._dead_letter(dead, pending, seen)
         if not holding:
             self._produce_from(start)
+
+    def _dead_letter(self, dead: DeadLetter, pending: list[_Message], seen: dict[str, int]) -> None:
+        o = dead.origin
+        if self.fence.covers(o.source, o.offset):
+            return  # a replay of what was committed
+        key, raw, headers = dead_letter_message(dead)
+        pending.append((self._dead_letters, key, raw, headers))
+        seen[o.source] = max(seen.get(o.source, -1), o.offset)
 
     def _produce_from(self, start: int) -> None:
         """Produce the open transaction's messages from `start` on."""
