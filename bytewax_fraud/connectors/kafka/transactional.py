@@ -39,7 +39,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -63,6 +63,12 @@ T = TypeVar("T")
 #: What the sink is given: a partition's scored batch or one of its dead letters.
 Output = ScoredBatch | DeadLetter
 _Message = tuple[str, bytes | None, bytes | None, Headers | None]
+
+
+#: How long one transactional call may block (librdkafka's own timeout, in seconds).
+_CALL_TIMEOUT_S = 30.0
+#: A call still running this long after it began is hung (see `_check_not_hung`).
+_HUNG_CALL_S = _CALL_TIMEOUT_S + 10.0
 
 
 def part_name(partition: int) -> str:
@@ -158,6 +164,8 @@ class _TransactionalPartition(StatefulSinkPartition[Output, None]):
                 f"invalid Kafka producer configuration {masked(config)}: {exc.args[0]};"
                 " fix FRAUD_KAFKA_PROPERTIES or FRAUD_KAFKA_CONFIG_FILE"
             ) from exc
+        #: The transactional call running now (what, since when), watched by the worker.
+        self._in_call: tuple[str, float] | None = None
         # Fences every earlier producer of this id and aborts what it left open; only then
         # is the committed progress final.
         self._retrying("starting the transactions", lambda: self._producer.init_transactions(30))
@@ -199,7 +207,9 @@ class _TransactionalPartition(StatefulSinkPartition[Output, None]):
     def _retrying(self, what: str, call: Callable[[], T]) -> T:
         """Make `call` until it succeeds; retriable errors are retried while brokers may return."""
         deadline = time.monotonic() + self._patience
+        warned = False
         while True:
+            self._in_call = (what, time.monotonic())
             try:
                 return call()
             except KafkaException as exc:
@@ -212,6 +222,9 @@ class _TransactionalPartition(StatefulSinkPartition[Output, None]):
                         f"{what} for transactional.id {self._txn_id!r} failed: {err.str()}."
                         " The run stops; fix the cause, then resume with the recovery directory"
                     ) from exc
+                if not warned:
+                    log.warning("%s for %s: %s; retrying", what, self._txn_id, err.str())
+                    warned = True
                 if time.monotonic() > deadline:
                     raise KafkaBrokersGone(
                         f"{what} for transactional.id {self._txn_id!r} failed for"
@@ -220,6 +233,28 @@ class _TransactionalPartition(StatefulSinkPartition[Output, None]):
                         " resumes from its last snapshot and writes each output once"
                     ) from exc
                 time.sleep(0.2)
+            finally:
+                self._in_call = None
+
+    def _check_not_hung(self) -> None:
+        """Raise if a transactional call has run far past its own timeout (a librdkafka hang).
+
+        After a broker outage, librdkafka's `send_offsets_to_transaction` can wait for a
+        group coordinator forever, ignoring its timeout (librdkafka issues #5456, #5511);
+        the worker, which does not wait for commits, checks here and stops the run.
+        """
+        running = self._in_call
+        if running is None:
+            return
+        what, since = running
+        took = time.monotonic() - since
+        if took > _HUNG_CALL_S:
+            raise KafkaBrokersGone(
+                f"{what} for transactional.id {self._txn_id!r} has not returned in {took:.0f} s,"
+                f" past its own {_CALL_TIMEOUT_S:.0f} s timeout: librdkafka can hang there after"
+                " a broker outage (librdkafka issues #5456, #5511). The run stops; restart it: the"
+                " job resumes from its last snapshot and writes each output once"
+            )
 
     def _produce(self, msg: _Message) -> None:
         topic, key, value, headers = msg
@@ -252,6 +287,8 @@ class _TransactionalPartition(StatefulSinkPartition[Output, None]):
         busy = self._committing
         if busy is not None and busy.done():
             busy.result()  # a commit that ended leaves `_committing` unset unless it failed
+        elif busy is not None:
+            self._check_not_hung()
         holding = busy is not None
         if holding:  # the producer is committing: these wait for the next transaction
             seen, pending = self._held_seen, self._held
@@ -341,7 +378,10 @@ class _TransactionalPartition(StatefulSinkPartition[Output, None]):
                 busy = self._committing
             if busy is None:
                 return
-            busy.result()
+            try:
+                busy.result(timeout=1.0)
+            except TimeoutError:
+                self._check_not_hung()
 
     @property
     def is_open(self) -> bool:
@@ -381,9 +421,9 @@ class _TransactionalPartition(StatefulSinkPartition[Output, None]):
         # offsets must not be sent twice.
         self._retrying(
             "sending the progress",
-            lambda: self._producer.send_offsets_to_transaction(offsets, group, 30),
+            lambda: self._producer.send_offsets_to_transaction(offsets, group, _CALL_TIMEOUT_S),
         )
-        self._retrying("committing", lambda: self._producer.commit_transaction(30))
+        self._retrying("committing", lambda: self._producer.commit_transaction(_CALL_TIMEOUT_S))
 
     def snapshot(self) -> None:
         try:
@@ -440,7 +480,6 @@ class CommitGroup:
     def __init__(self) -> None:
         """An empty group; partitions add themselves when built."""
         self._parts: list[_TransactionalPartition] = []
-        self._pool: ThreadPoolExecutor | None = None
         self._ticker: threading.Thread | None = None
         self._wake = threading.Event()
         self._stopped = False
@@ -460,15 +499,26 @@ class CommitGroup:
         if not self._parts:
             self._stopped = True
             self._wake.set()
-            if self._pool is not None:
-                self._pool.shutdown(wait=False)
-                self._pool = None
 
     def submit(self, commit: Callable[[], None]) -> Future[None]:
-        """Run `commit` on a thread of the group's pool."""
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(32, thread_name_prefix="fraud-commit")
-        return self._pool.submit(commit)
+        """Run `commit` on a thread of its own; its future holds the outcome.
+
+        A daemon thread, not a pool's: a call that librdkafka never returns from
+        (`_check_not_hung`) must not keep the process from exiting once the run stops.
+        """
+        done: Future[None] = Future()
+
+        def run() -> None:
+            done.set_running_or_notify_cancel()
+            try:
+                commit()
+            except BaseException as exc:  # noqa: BLE001 - handed to whoever waits for it
+                done.set_exception(exc)
+            else:
+                done.set_result(None)
+
+        threading.Thread(target=run, name="fraud-commit", daemon=True).start()
+        return done
 
     def _tick(self, interval: float) -> None:
         while not self._stopped:
