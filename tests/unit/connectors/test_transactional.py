@@ -13,6 +13,7 @@ from kafka_broker import Broker
 
 from bytewax_fraud.connectors import kafka_connection, make_outputs
 from bytewax_fraud.connectors.kafka.admin import admin_client, create_topic
+from bytewax_fraud.connectors.kafka.config import KafkaConnection
 from bytewax_fraud.connectors.kafka.errors import KafkaFenced
 from bytewax_fraud.connectors.kafka.transactional import KafkaTransactionalSink, Progress
 from bytewax_fraud.errors import SettingsError
@@ -66,6 +67,19 @@ def _scored(tag: str, offsets: range) -> ScoredBatch:
     )
 
 
+def _fresh_topics(
+    broker: Broker, name: str, partitions: int
+) -> tuple[str, tuple[str, str, str], KafkaConnection]:
+    """A prefix, its three topics (input, predictions, dead letters) and a connection."""
+    prefix = f"{name}-{uuid.uuid4().hex[:8]}"
+    topics = (f"{prefix}-tx", f"{prefix}-p", f"{prefix}-d")
+    admin = admin_client({"bootstrap.servers": broker.bootstrap_servers})
+    for t in topics:
+        create_topic(admin, t, partitions)
+    conn = kafka_connection(load_settings(kafka_bootstrap_servers=broker.bootstrap_servers))
+    return prefix, topics, conn
+
+
 @pytest.mark.kafka
 def test_the_first_snapshot_of_an_epoch_commits_every_open_transaction_of_the_worker(
     kafka_broker: Broker,
@@ -73,12 +87,7 @@ def test_the_first_snapshot_of_an_epoch_commits_every_open_transaction_of_the_wo
     # Bytewax snapshots a worker's sink partitions one after another once the epoch is
     # closed; the first commits all of them at once (CommitGroup), the others find theirs
     # committed. Each partition's progress is its own group offset.
-    prefix = f"group-{uuid.uuid4().hex[:8]}"
-    topics = (f"{prefix}-tx", f"{prefix}-p", f"{prefix}-d")
-    admin = admin_client({"bootstrap.servers": kafka_broker.bootstrap_servers})
-    for t in topics:
-        create_topic(admin, t, 3)
-    conn = kafka_connection(load_settings(kafka_bootstrap_servers=kafka_broker.bootstrap_servers))
+    prefix, topics, conn = _fresh_topics(kafka_broker, "group", 3)
     sink = KafkaTransactionalSink(3, topics, conn.producer(), conn.consumer(), prefix)
     parts = [sink.build_part("out", name, None) for name in sink.list_parts()]
     for p, part in enumerate(parts):
@@ -113,12 +122,7 @@ def test_a_commit_interval_commits_in_the_background_between_snapshots(
     # of its own, whether or not the worker writes again; what the worker writes while a
     # commit runs waits for the next transaction. Readers see outputs without any
     # snapshot; the snapshot then commits the rest, and each line is there once.
-    prefix = f"interval-{uuid.uuid4().hex[:8]}"
-    topics = (f"{prefix}-tx", f"{prefix}-p", f"{prefix}-d")
-    admin = admin_client({"bootstrap.servers": kafka_broker.bootstrap_servers})
-    for t in topics:
-        create_topic(admin, t, 1)
-    conn = kafka_connection(load_settings(kafka_bootstrap_servers=kafka_broker.bootstrap_servers))
+    prefix, topics, conn = _fresh_topics(kafka_broker, "interval", 1)
     sink = KafkaTransactionalSink(1, topics, conn.producer(), conn.consumer(), prefix, 0.1)
     (part,) = [sink.build_part("out", name, None) for name in sink.list_parts()]
     first = _scored("a", range(0, 10))
@@ -152,12 +156,7 @@ def test_a_background_commit_that_is_fenced_stops_the_next_write(kafka_broker: B
     # commit fails, and its worker's next write raises the one-line KafkaFenced (the worker
     # never waited for that commit). Nothing the old one wrote after the takeover is
     # visible (its first transaction may have been committed just before it).
-    prefix = f"fenced-{uuid.uuid4().hex[:8]}"
-    topics = (f"{prefix}-tx", f"{prefix}-p", f"{prefix}-d")
-    admin = admin_client({"bootstrap.servers": kafka_broker.bootstrap_servers})
-    for t in topics:
-        create_topic(admin, t, 1)
-    conn = kafka_connection(load_settings(kafka_bootstrap_servers=kafka_broker.bootstrap_servers))
+    prefix, topics, conn = _fresh_topics(kafka_broker, "fenced", 1)
     old_sink = KafkaTransactionalSink(1, topics, conn.producer(), conn.consumer(), prefix, 0.5)
     (old,) = [old_sink.build_part("out", name, None) for name in old_sink.list_parts()]
     old.write_batch([_scored("old", range(0, 10))])
