@@ -13,9 +13,10 @@ metadata).
 A transaction commits when Bytewax snapshots the partition (at each epoch close,
 `FRAUD_SNAPSHOT_INTERVAL`): the snapshot must never run ahead of what Kafka
 holds, or a crash right after it would lose the epoch's outputs. With
-`FRAUD_KAFKA_COMMIT_INTERVAL`, a transaction also commits once it has been open
-that long, on a thread of its own, while the worker goes on (what it writes
-meanwhile is held and opens the next transaction). A read_committed reader then
+`FRAUD_KAFKA_COMMIT_INTERVAL`, every open transaction also commits at each
+multiple of that interval in wall-clock time (`CommitGroup`), on a thread of its
+own, while the worker goes on (what it writes meanwhile is held and opens the
+next transaction). A read_committed reader then
 waits about that interval, not an epoch, and not for the epoch's drain. The
 committed progress may then be ahead of Bytewax's snapshot; a resume skips those
 replayed outputs, as it skips any committed ones.
@@ -567,8 +568,9 @@ class KafkaTransactionalSink(FixedPartitionedSink[Output, None]):
             producer_config: Properties of the producers (a transactional.id is added).
             consumer_config: Properties of the client that reads the committed progress.
             txn_prefix: `transactional.id` = `<txn_prefix>-<partition>`; also the group.
-            commit_interval: Also commit a transaction, in the background, once it has
-                been open this many seconds (None: only at snapshots).
+            commit_interval: Also commit every open transaction, in the background, at
+                each multiple of this many seconds in wall-clock time (None: only at
+                snapshots).
         """
         self.partitions = partitions
         self.topics = topics
