@@ -132,7 +132,12 @@ def run_to_end(dirs: JobDirs, env: dict[str, Any], args: list[str] | None = None
 
 
 def start_killer(
-    dirs: JobDirs, env: dict[str, Any], point: str, at: int, args: list[str] | None = None
+    dirs: JobDirs,
+    env: dict[str, Any],
+    point: str,
+    at: int,
+    args: list[str] | None = None,
+    stderr: Any = subprocess.PIPE,
 ) -> subprocess.Popen[bytes]:
     """Start the job to be SIGKILLed at its `at`-th commit, at `point` (eos_kill_points.py)."""
     dirs.root.mkdir(parents=True, exist_ok=True)
@@ -141,7 +146,7 @@ def start_killer(
         env=dirs.env(**env, EOS_KILL_POINT=point, EOS_KILL_AT_COMMIT=at),
         cwd=dirs.root,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=stderr,
     )
 
 
@@ -296,13 +301,23 @@ def test_rescale_one_worker_two_processes_one_worker_with_kills(
     one = start_killer(dirs, env, "before-commit", 2)
     _, err = one.communicate(timeout=300)
     assert one.returncode == -signal.SIGKILL, err.decode()[-2000:]
-    addrs = addresses(2)
-    two = [start_killer(dirs, env, "after-commit", 3, ["-i", str(i), "-a", addrs]) for i in (0, 1)]
-    _, err = two[0].communicate(timeout=300)
-    assert two[0].returncode == -signal.SIGKILL, err.decode()[-2000:]
-    if two[1].poll() is None:
-        two[1].send_signal(signal.SIGKILL)
-    two[1].communicate(timeout=60)
+    # Each process counts its own commits: whichever reaches its 3rd first dies, and its
+    # peer then stops too (Bytewax's cluster link panics) or is killed here.
+    addrs, logs = addresses(2), [tmp_path / f"process-{i}.log" for i in (0, 1)]
+    two = []
+    for i, log in enumerate(logs):
+        with log.open("wb") as err:
+            two.append(start_killer(dirs, env, "after-commit", 3, ["-i", str(i), "-a", addrs], err))
+    deadline = time.monotonic() + 300
+    while not (ended := [p for p in two if p.poll() is not None]):
+        assert time.monotonic() < deadline, "neither process reached its 3rd commit in 300 s"
+        time.sleep(0.02)
+    for p in two:
+        if p.poll() is None:
+            p.send_signal(signal.SIGKILL)
+        p.wait(timeout=60)
+    errs = "\n".join(log.read_text(errors="replace")[-2000:] for log in logs)
+    assert any(p.returncode == -signal.SIGKILL for p in ended), errs
     run_to_end(dirs, env)
     assert_exactly_once(read(topics.bootstrap, topics.outputs("rescale")), twin)
 
