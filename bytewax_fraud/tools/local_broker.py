@@ -73,6 +73,26 @@ class Broker:
         assert self.process is not None, "cannot resume an external broker"
         os.kill(self.process.pid, signal.SIGCONT)
 
+    def jit_cpu_seconds(self) -> float | None:
+        """CPU seconds the broker's JIT compiler threads have used (a JVM started here).
+
+        A fresh JVM compiles its hot paths under load for a minute or two, taking up to
+        half a core; a bench waits for this to settle, as production brokers are warm.
+        None: an external broker, or its threads cannot be read (not Linux).
+        """
+        if self.process is None or self.process.poll() is not None:
+            return None
+        tasks = Path(f"/proc/{self.process.pid}/task")
+        ticks = 0
+        try:
+            for task in tasks.iterdir():
+                if "Compiler" in (task / "comm").read_text():
+                    fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+                    ticks += int(fields[11]) + int(fields[12])  # utime, stime
+        except (OSError, IndexError, ValueError):
+            return None
+        return ticks / os.sysconf("SC_CLK_TCK")
+
     @property
     def restartable(self) -> bool:
         """Whether `stop` and `start` keep the data (Apache Kafka started here)."""

@@ -74,7 +74,7 @@ from bytewax_fraud.tools.bench.embedded import run_dataflow
 from bytewax_fraud.tools.bench.file import measure_file
 from bytewax_fraud.tools.bench.kafka import run_broker_floor, run_kafka, run_kafka_paced
 from bytewax_fraud.tools.bench.plot import plot
-from bytewax_fraud.tools.bench.reader import measure_reader
+from bytewax_fraud.tools.bench.reader import measure_reader, warm_broker
 from bytewax_fraud.tools.bench.report import format_report, hardware, ratio_targets
 
 #: Records a measured variant (and logs it) and returns it.
@@ -200,6 +200,10 @@ def _kafka_sweep(
     sweep: list[Result] = []
     with bench_broker(workdir) as (broker, _where):
         assert broker is not None
+        # This broker is fresh: its JIT compiles under the first minutes of load, on the
+        # cores the job needs. Every point below is measured once it has settled.
+        if cfg.kafka_loads and cfg.reader_loads:
+            log(f"Kafka sweep {warm_broker(cfg, workdir, broker, top)['text']}")
         for frac in cfg.kafka_loads:
             rate = frac * top
             n = max(int(rate * cfg.kafka_point_seconds), 50 * cfg.partitions)

@@ -49,6 +49,10 @@ class BenchConfig:
     #: stalls (and the broker alone as many) for the figure to repeat.
     kafka_point_seconds: float = 20.0
     warmup_s: float = 1.0
+    #: The reader's warm-up points repeat until the broker's JIT compilers used less than
+    #: this share of a core during one, or for at most `warmup_max_s` (0: one round).
+    jit_settled: float = 0.02
+    warmup_max_s: float = 300.0
     seed: int = 0
     threads_variant: bool = True
     skip_http: bool = False
@@ -84,5 +88,6 @@ QUICK = {
     "point_seconds": 1.0,
     "kafka_point_seconds": 1.0,
     "warmup_s": 0.25,
+    "warmup_max_s": 0.0,
     "reader_loads": (0.5,),
 }

@@ -25,11 +25,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -65,14 +67,22 @@ _OWN_ROOT = ROOT
 VARIANTS = ("broker", "alo", "alo-r", "eos")
 
 
+#: A prediction's own latency: its input's read by the job -> its line built (ms).
+JOB_MS = re.compile(rb'"latency_ms":([-+.0-9eE]+)')
+#: Columns of the reader's rows.
+COLUMNS = ("input partition", "input offset", "receive s", "message CreateTime s", "job ms")
+
+
 def read(
     bootstrap: str, topic: str, partitions: int, count: int, out: Path, committed: bool
 ) -> None:
     """The reader process: consume `count` messages of `topic`, record their receive times.
 
-    Writes `out` as an [n, 3] float64 array: input partition, input offset, receive
-    time (epoch seconds). A prediction names its input (`"partition"`, `"offset"`);
-    a message of the input topic is its own input.
+    Writes `out` as an [n, 5] float64 array (`COLUMNS`): input partition, input offset,
+    receive time, the message's CreateTime (epoch seconds, ms resolution), and for a
+    prediction the job's own `latency_ms` (NaN for the input topic). A prediction
+    names its input (`"partition"`, `"offset"`); a message of the input topic is its
+    own input.
     """
     from confluent_kafka import Consumer, TopicPartition
 
@@ -82,16 +92,16 @@ def read(
         config["isolation.level"] = "read_committed"
     c = Consumer(config)
     c.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
-    rows: list[tuple[int, int, float]] = []
-    #: Predictions as received (value, receive time): they are parsed after the run, so
-    #: that parsing a burst (an exactly-once commit makes a whole epoch visible at once:
-    #: ~27k messages at 26.7k/s, ~3 us each to parse) does not delay the next receive
-    #: stamps. Parsed on the way, the last of such a burst were stamped ~80 ms late.
-    received: list[tuple[bytes | None, float]] = []
+    rows: list[tuple[int, int, float, float, float]] = []
+    #: Predictions as received (value, receive time, CreateTime ms): they are parsed after
+    #: the run, so that parsing a burst (an exactly-once commit makes a whole epoch visible
+    #: at once: ~27k messages at 26.7k/s, ~3 us each to parse) does not delay the next
+    #: receive stamps. Parsed on the way, the last of such a burst were stamped ~80 ms late.
+    received: list[tuple[bytes | None, float, int]] = []
     own = not topic.endswith("-predictions")
-    got = rows if own else received
+    nan = float("nan")
     deadline = time.monotonic() + RUN_TIMEOUT_S
-    while len(got) < count and time.monotonic() < deadline:
+    while len(rows) + len(received) < count and time.monotonic() < deadline:
         # `poll` returns as soon as one message is there (`consume(n, t)` would wait for n
         # or t: a bias of up to t); what else has arrived is drained without waiting.
         first = c.poll(0.1)
@@ -103,31 +113,34 @@ def read(
             if m.error() is not None:
                 continue
             if own:
-                rows.append((int(m.partition() or 0), int(m.offset() or 0), now))
+                p, o = int(m.partition() or 0), int(m.offset() or 0)
+                rows.append((p, o, now, m.timestamp()[1] / 1000.0, nan))
             else:
-                received.append((m.value(), now))
+                received.append((m.value(), now, m.timestamp()[1]))
     c.close()
-    for value, at in received:
+    for value, at, created in received:
         pos = PRED_POS.search(value or b"")
         if pos is not None:
-            rows.append((int(pos.group(1)), int(pos.group(2)), at))
-    np.save(out, np.asarray(rows, np.float64).reshape(-1, 3))
+            job = JOB_MS.search(value or b"")
+            job_ms = float(job.group(1)) if job is not None else nan
+            rows.append((int(pos.group(1)), int(pos.group(2)), at, created / 1000.0, job_ms))
+    np.save(out, np.asarray(rows, np.float64).reshape(-1, len(COLUMNS)))
 
 
-def latencies_ms(
+def counted(
     keys: list[bytes | None],
     stamps: list[float],
     rows: np.ndarray,
     partitions: int,
     pilot: int,
     warmup_s: float,
-) -> np.ndarray:
-    """Each received message's latency in ms: its receive time minus its event's stamp.
+) -> tuple[np.ndarray, np.ndarray]:
+    """The reader's rows of counted events, and each one's produce stamp.
 
     Args:
         keys: The key of every produced message, in produce order (pilot first).
         stamps: The wall-clock stamp of each message after the pilot.
-        rows: The reader's [n, 3] rows: input partition, input offset, receive time.
+        rows: The reader's rows (`COLUMNS`; the first three suffice).
         partitions: The input topic's partition count.
         pilot: Messages produced before the paced ones (not counted).
         warmup_s: Events stamped in the first this many seconds are not counted.
@@ -143,12 +156,47 @@ def latencies_ms(
             sent[(p, nxt[p])] = stamps[i - pilot]
         nxt[p] += 1
     first = min(stamps)
-    out = []
-    for p, o, recv in rows:
+    idx, at = [], []
+    for i, (p, o) in enumerate(rows[:, :2].tolist()):
         t = sent.get((int(p), int(o)))
         if t is not None and t - first >= warmup_s:
-            out.append((recv - t) * 1000.0)
-    return np.asarray(out, np.float64)
+            idx.append(i)
+            at.append(t)
+    return rows[np.asarray(idx, np.intp)].reshape(-1, rows.shape[1]), np.asarray(at, np.float64)
+
+
+def latencies_ms(
+    keys: list[bytes | None],
+    stamps: list[float],
+    rows: np.ndarray,
+    partitions: int,
+    pilot: int,
+    warmup_s: float,
+) -> np.ndarray:
+    """Each counted message's latency in ms: its receive time minus its event's stamp."""
+    got, at = counted(keys, stamps, rows, partitions, pilot, warmup_s)
+    return (got[:, 2] - at) * 1000.0
+
+
+def segments_ms(got: np.ndarray, at: np.ndarray) -> dict[str, list[float]]:
+    """Where a prediction's time went, p50 and p99 in ms of each part (they add up per message).
+
+    - `to_job`: produced -> read by the job, plus its hand-off to the sink after the
+      line is built (its CreateTime minus its `latency_ms`, minus the stamp);
+    - `in_job`: read -> line built (the prediction's `latency_ms`);
+    - `to_reader`: produced by the job -> received by the reader (CreateTime has ms
+      resolution: each of the parts around it is off by up to 1 ms).
+    """
+    parts = {
+        "to_job": (got[:, 3] - got[:, 4] / 1000.0 - at) * 1000.0,
+        "in_job": got[:, 4],
+        "to_reader": (got[:, 2] - got[:, 3]) * 1000.0,
+    }
+    return {
+        name: [round(float(np.percentile(v, q)), 1) for q in (50, 99)]
+        for name, v in parts.items()
+        if v.size and not np.isnan(v).any()
+    }
 
 
 def point(
@@ -226,7 +274,8 @@ def point(
     admin.delete_topics([t_in, t_pred, t_dl], operation_timeout=10)
     rows = np.load(out)
     shutil.rmtree(d, ignore_errors=True)
-    lat = latencies_ms([k for k, _ in msgs], stamps, rows, cfg.partitions, _PILOT, cfg.warmup_s)
+    got, at = counted([k for k, _ in msgs], stamps, rows, cfg.partitions, _PILOT, cfg.warmup_s)
+    lat = (got[:, 2] - at) * 1000.0
     p50, p99, p999 = (round(float(np.percentile(lat, q)), 1) for q in (50, 99, 99.9))
     return {
         "variant": variant,
@@ -238,7 +287,65 @@ def point(
         "p99_ms": p99,
         "p999_ms": p999,
         "max_ms": round(float(lat.max()), 1),
+        "segments_ms": segments_ms(got, at) if job is not None else {},
     }
+
+
+def warm_up(
+    broker: Broker,
+    run: Callable[[str], None],
+    variants: tuple[str, ...],
+    settled: float,
+    max_s: float,
+) -> dict[str, Any]:
+    """Uncounted points (the broker alone, then the first job variant) until the broker is warm.
+
+    A broker fresh from start compiles its hot paths for a minute or two: its JIT
+    compilers took 0.55 and 0.42 of a core in the first two 10 s points at half load,
+    and 1-7 % in the next four, and on two cores each burst held the job's worker back
+    (reader p99 at 50 %: 449 ms in the first job point, 46-169 ms once settled). Production
+    brokers are warm, so the rounds repeat until the compilers used less than `settled`
+    of a core over one, or `max_s` has passed (a broker not started here: one round).
+    """
+    warm = ["broker", *[v for v in variants if v != "broker"][:1]]
+    start = time.monotonic()
+    rounds = 0
+    while True:
+        before, t0 = broker.jit_cpu_seconds(), time.monotonic()
+        for v in warm:
+            run(v)
+        rounds += 1
+        after, t1 = broker.jit_cpu_seconds(), time.monotonic()
+        share = None if before is None or after is None else (after - before) / (t1 - t0)
+        if share is None or share < settled or t1 - start >= max_s:
+            break
+    took = f"{rounds} round(s) of {', '.join(warm)}, {t1 - start:.0f} s, not counted"
+    if share is None:
+        text = f"warm-up: {took} (the broker's JIT cannot be watched: not started here)"
+    else:
+        state = "settled" if share < settled else f"still compiling after {max_s:.0f} s"
+        text = f"warm-up: {took}; the broker's JIT {state} ({share:.1%} of a core in the last)"
+    return {"rounds": rounds, "seconds": round(t1 - start, 1), "jit_share": share, "text": text}
+
+
+def warm_broker(
+    cfg: BenchConfig,
+    workdir: Path,
+    broker: Broker,
+    top: float,
+    variants: tuple[str, ...] = VARIANTS,
+    job_root: Path | None = None,
+    commit_interval: float = 1.0,
+    job_env: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """`warm_up` with reader points at the highest reader load, `cfg.point_seconds` each."""
+    root = job_root or ROOT
+
+    def warm_point(variant: str) -> None:
+        rate, secs = max(cfg.reader_loads) * top, cfg.point_seconds
+        point(broker, cfg, workdir, variant, rate, secs, root, commit_interval, job_env)
+
+    return warm_up(broker, warm_point, variants, cfg.jit_settled, cfg.warmup_max_s)
 
 
 def measure_reader(
@@ -260,14 +367,8 @@ def measure_reader(
     """
     points: list[dict[str, Any]] = []
     over: dict[str, dict[str, float]] = {}
-    # Not counted: a broker fresh from start compiles its hot paths for the first minute
-    # (its JIT took 0.4 cores, and the broker alone's p99 was 17 ms instead of 7-10), and
-    # the first points would measure that. Production brokers are warm.
-    warm = ["broker", *[v for v in variants if v != "broker"][:1]]
-    rate, root = max(cfg.reader_loads) * top, job_root or ROOT
-    for v in warm:
-        point(broker, cfg, workdir, v, rate, cfg.point_seconds, root, commit_interval, job_env)
-    log(f"  reader: warm-up points ({', '.join(warm)}), not counted")
+    warmup = warm_broker(cfg, workdir, broker, top, variants, job_root, commit_interval, job_env)
+    log(f"  reader: {warmup['text']}")
     for frac in cfg.reader_loads:
         row: dict[str, float] = {}
         for v in variants:
@@ -288,6 +389,7 @@ def measure_reader(
             log(
                 f"  reader {v} @{frac:.0%} ({r['offered_per_s']:,.0f}/s, {r['counted']} counted):"
                 f" p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, p99.9 {r['p999_ms']} ms"
+                + (f"; {format_segments(r['segments_ms'])}" if r["segments_ms"] else "")
             )
         if "broker" in row:
             over[f"{frac:.0%}"] = {
@@ -295,11 +397,19 @@ def measure_reader(
             }
     return {
         "latency": "reader's receive time - producer's stamp before produce(), per message",
+        "warmup": {k: v for k, v in warmup.items() if k != "text"},
         "max_events_per_s": top,
         "commit_interval_s": commit_interval,
         "points": points,
         "p99_over_broker_ms": over,
     }
+
+
+def format_segments(segments: dict[str, list[float]]) -> str:
+    """`segments_ms` as text: each part's p50/p99."""
+    names = {"to_job": "to the job", "in_job": "in the job", "to_reader": "to the reader"}
+    parts = ", ".join(f"{names[k]} {p50}/{p99}" for k, (p50, p99) in segments.items())
+    return f"p50/p99 ms {parts}"
 
 
 def format_reader(reader: dict[str, Any]) -> list[str]:
@@ -316,6 +426,10 @@ def format_reader(reader: dict[str, Any]) -> list[str]:
             f"{r['variant']:<8}{r['load']:>6.0%}{r['offered_per_s']:>11,.0f}{r['counted']:>9}"
             f"{r['p50_ms']:>9}{r['p99_ms']:>9}{r['p999_ms']:>10}"
         )
+    for r in reader["points"]:
+        if r.get("segments_ms"):
+            seg = format_segments(r["segments_ms"])
+            out.append(f"  {r['variant']} {r['load']:.0%}, where the time went: {seg}")
     for load, margins in reader["p99_over_broker_ms"].items():
         text = ", ".join(f"{v} +{m} ms" for v, m in margins.items())
         out.append(f"p99 over the broker alone at {load}: {text}")

@@ -436,3 +436,10 @@ def test_control_topic_commands_apply_and_rejections_are_dead_letters(
     headers = headers_dict(dead[0].headers())
     assert headers["__connect.errors.stage"] == "control"
     assert headers["__connect.errors.exception.class.name"] == "ModelNotFound"
+
+
+def test_the_broker_started_here_reports_its_jit_compilers_cpu_time(own_broker: Broker) -> None:
+    """What the bench's warm-up watches (`tools/bench/reader.warm_up`): a JVM's compilers."""
+    spent = own_broker.jit_cpu_seconds()
+    assert spent is not None and spent > 0.0  # a started JVM has compiled its startup paths
+    assert Broker(own_broker.bootstrap_servers).jit_cpu_seconds() is None  # not ours to watch
