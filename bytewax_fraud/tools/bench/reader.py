@@ -165,19 +165,6 @@ def counted(
     return rows[np.asarray(idx, np.intp)].reshape(-1, rows.shape[1]), np.asarray(at, np.float64)
 
 
-def latencies_ms(
-    keys: list[bytes | None],
-    stamps: list[float],
-    rows: np.ndarray,
-    partitions: int,
-    pilot: int,
-    warmup_s: float,
-) -> np.ndarray:
-    """Each counted message's latency in ms: its receive time minus its event's stamp."""
-    got, at = counted(keys, stamps, rows, partitions, pilot, warmup_s)
-    return (got[:, 2] - at) * 1000.0
-
-
 def segments_ms(got: np.ndarray, at: np.ndarray) -> dict[str, list[float]]:
     """Where a prediction's time went, p50 and p99 in ms of each part (they add up per message).
 
