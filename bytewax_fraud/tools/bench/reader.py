@@ -52,7 +52,7 @@ from bytewax_fraud.tools.bench.broker import (
 )
 from bytewax_fraud.tools.bench.config import ROOT, RUN_TIMEOUT_S, BenchConfig, BenchError
 from bytewax_fraud.tools.bench.kafka import run_kafka
-from bytewax_fraud.tools.bench.runner import PRED_POS, tail
+from bytewax_fraud.tools.bench.runner import PRED_POS, cpu_seconds, tail
 from bytewax_fraud.tools.local_broker import Broker
 from bytewax_fraud.tools.produce import generated
 
@@ -244,7 +244,10 @@ def point(
         if job is not None:
             wait_for_messages(conn.consumer("earliest"), t_pred, _PILOT, job, d / "log.txt")
         time.sleep(1.0)
+        procs = {"job": job, "broker": broker.process, "reader": reader}
+        before = cpu_reading(procs)
         stamps = produce_paced(producer, t_in, msgs[_PILOT:], rate)
+        cores = cores_between(before, cpu_reading(procs))
         deadline = time.monotonic() + RUN_TIMEOUT_S
         while reader.poll() is None and time.monotonic() < deadline:
             if job is not None and job.poll() is not None:
@@ -275,7 +278,27 @@ def point(
         "p999_ms": p999,
         "max_ms": round(float(lat.max()), 1),
         "segments_ms": segments_ms(got, at) if job is not None else {},
+        "cpu_cores": cores,
     }
+
+
+def cpu_reading(procs: dict[str, subprocess.Popen[bytes] | None]) -> dict[str, float]:
+    """CPU seconds so far of each running process, this one (the producer) included; and now."""
+    out = {"producer": time.process_time(), "wall": time.monotonic()}
+    for name, proc in procs.items():
+        used = cpu_seconds(proc.pid) if proc is not None else None
+        if used is not None:
+            out[name] = used
+    return out
+
+
+def cores_between(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """Cores each process used on average between two `cpu_reading`s (and their sum)."""
+    wall = after["wall"] - before["wall"]
+    cores = {k: round((after[k] - v) / wall, 2) for k, v in before.items() if k in after}
+    cores.pop("wall")
+    cores["all"] = round(sum(cores.values()), 2)
+    return cores
 
 
 def warm_up(
@@ -377,6 +400,7 @@ def measure_reader(
                 f"  reader {v} @{frac:.0%} ({r['offered_per_s']:,.0f}/s, {r['counted']} counted):"
                 f" p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, p99.9 {r['p999_ms']} ms"
                 + (f"; {format_segments(r['segments_ms'])}" if r["segments_ms"] else "")
+                + f"; cores {format_cores(r['cpu_cores'])}"
             )
         if "broker" in row:
             over[f"{frac:.0%}"] = {
@@ -399,6 +423,11 @@ def format_segments(segments: dict[str, list[float]]) -> str:
     return f"p50/p99 ms {parts}"
 
 
+def format_cores(cores: dict[str, float]) -> str:
+    """`cpu_cores` as text: each process's share, then the sum."""
+    return ", ".join(f"{k} {v}" for k, v in cores.items())
+
+
 def format_reader(reader: dict[str, Any]) -> list[str]:
     """The outside reader's table and each job variant's p99 margin over the broker alone."""
     out = [
@@ -417,6 +446,10 @@ def format_reader(reader: dict[str, Any]) -> list[str]:
         if r.get("segments_ms"):
             seg = format_segments(r["segments_ms"])
             out.append(f"  {r['variant']} {r['load']:.0%}, where the time went: {seg}")
+    for r in reader["points"]:
+        if r.get("cpu_cores"):
+            cores = format_cores(r["cpu_cores"])
+            out.append(f"  {r['variant']} {r['load']:.0%}, cores used while paced: {cores}")
     for load, margins in reader["p99_over_broker_ms"].items():
         text = ", ".join(f"{v} +{m} ms" for v, m in margins.items())
         out.append(f"p99 over the broker alone at {load}: {text}")

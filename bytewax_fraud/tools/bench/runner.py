@@ -33,6 +33,15 @@ PRED_POS = re.compile(rb'"partition":(\d+),"offset":(\d+)')
 _MAXRSS_KIB: dict[int, int] = {}
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """CPU seconds (user + system, all threads) a live process has used; None if unreadable."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def percentiles(lat_ms: np.ndarray) -> tuple[float, float, float]:
     if len(lat_ms) == 0:
         return (math.nan, math.nan, math.nan)

@@ -64,6 +64,7 @@ def test_quick_benchmark_reports_every_variant(tmp_path: Path) -> None:
             assert p["counted"] > 0 and 0 <= p["p50_ms"] <= p["p99_ms"], p
             parts = {"to_job", "in_job", "to_reader"} if p["variant"] != "broker" else set()
             assert set(p["segments_ms"]) == parts, p
+            assert p["cpu_cores"]["all"] > 0 and "producer" in p["cpu_cores"], p
         # --quick: one warm-up round, however busy the broker's JIT still is.
         assert reader["warmup"]["rounds"] == 1 and reader["warmup"]["jit_share"] is not None
         assert set(reader["p99_over_broker_ms"]["50%"]) == {"alo", "alo-r", "eos"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -9,12 +10,15 @@ import numpy as np
 from bytewax_fraud.partitioning import partition_for
 from bytewax_fraud.tools.bench.reader import (
     VARIANTS,
+    cores_between,
     counted,
+    format_cores,
     format_reader,
     format_segments,
     segments_ms,
     warm_up,
 )
+from bytewax_fraud.tools.bench.runner import cpu_seconds
 from bytewax_fraud.tools.local_broker import Broker
 
 
@@ -105,3 +109,13 @@ def test_a_predictions_time_is_split_into_parts_that_add_up() -> None:
         "to_reader": [4.0, 4.0]
     }
     assert "in the job 2.0/2.0" in format_segments(seg)
+
+
+def test_each_points_cores_are_cpu_seconds_over_the_paced_window() -> None:
+    before = {"producer": 1.0, "job": 10.0, "broker": 5.0, "wall": 100.0}
+    after = {"producer": 1.5, "job": 11.8, "broker": 5.8, "wall": 102.0}  # the reader had ended
+    cores = cores_between(before, after)
+    assert cores == {"producer": 0.25, "job": 0.9, "broker": 0.4, "all": 1.55}
+    assert format_cores(cores).endswith("all 1.55")
+    own = cpu_seconds(os.getpid())
+    assert own is not None and own > 0.0 and cpu_seconds(2**22 + 1) is None  # no such pid
