@@ -43,6 +43,17 @@ class BrokerUnavailable(KafkaSetupError):
     """No external broker is configured and none can be started here."""
 
 
+def stat_cpu_seconds(stat: Path) -> float:
+    """User + system CPU seconds from a `/proc/<pid>/stat` (or `.../task/<tid>/stat`) file.
+
+    Raises:
+        OSError: The file cannot be read (the process or thread has ended).
+        IndexError, ValueError: It is not in the kernel's format.
+    """
+    fields = stat.read_text().rsplit(")", 1)[1].split()  # after the command name
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
 @dataclass
 class _KafkaNode:
     """How to (re)start one Apache Kafka node: its command line and its log file."""
@@ -83,15 +94,14 @@ class Broker:
         if self.process is None or self.process.poll() is not None:
             return None
         tasks = Path(f"/proc/{self.process.pid}/task")
-        ticks = 0
         try:
-            for task in tasks.iterdir():
-                if "Compiler" in (task / "comm").read_text():
-                    fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-                    ticks += int(fields[11]) + int(fields[12])  # utime, stime
+            return sum(
+                stat_cpu_seconds(task / "stat")
+                for task in tasks.iterdir()
+                if "Compiler" in (task / "comm").read_text()
+            )
         except (OSError, IndexError, ValueError):
             return None
-        return ticks / os.sysconf("SC_CLK_TCK")
 
     @property
     def restartable(self) -> bool:

@@ -295,8 +295,9 @@ def cpu_reading(procs: dict[str, subprocess.Popen[bytes] | None]) -> dict[str, f
 def cores_between(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
     """Cores each process used on average between two `cpu_reading`s (and their sum)."""
     wall = after["wall"] - before["wall"]
-    cores = {k: round((after[k] - v) / wall, 2) for k, v in before.items() if k in after}
-    cores.pop("wall")
+    cores = {
+        k: round((after[k] - v) / wall, 2) for k, v in before.items() if k in after and k != "wall"
+    }
     cores["all"] = round(sum(cores.values()), 2)
     return cores
 

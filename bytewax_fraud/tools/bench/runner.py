@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from bytewax_fraud.tools.bench.config import ROOT, RUN_TIMEOUT_S
-from bytewax_fraud.tools.local_broker import BOOTSTRAP_ENV
+from bytewax_fraud.tools.local_broker import BOOTSTRAP_ENV, stat_cpu_seconds
 
 #: A prediction's `latency_ms` field.
 LATENCY = re.compile(rb'"latency_ms":([^,}]+)')
@@ -36,8 +36,7 @@ _MAXRSS_KIB: dict[int, int] = {}
 def cpu_seconds(pid: int) -> float | None:
     """CPU seconds (user + system, all threads) a live process has used; None if unreadable."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return stat_cpu_seconds(Path(f"/proc/{pid}/stat"))
     except (OSError, IndexError, ValueError):
         return None
 
