@@ -161,6 +161,10 @@ class RunStats:
     #: its event-time watermark, robust to a few outlying timestamps.
     event_clock: dict[int, float] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
+    #: (monotonic s, process CPU s) when the first and the latest batch were counted: what
+    #: the process (all its threads) spent while it scored, without its start-up.
+    scoring_from: tuple[float, float] | None = None
+    scoring_to: tuple[float, float] | None = None
     total: _Window = field(default_factory=_Window)
     interval: _Window = field(default_factory=_Window)
     interval_started: float = field(default_factory=time.monotonic)
@@ -203,7 +207,11 @@ class RunStats:
             scores or {},
             score_labels or {},
         )
+        mark = (time.monotonic(), time.process_time())  # ~0.7 us: per call, not per event
         with self.lock:
+            if self.scoring_from is None:
+                self.scoring_from = mark
+            self.scoring_to = mark
             self.scored += len(latencies_ms)
             self.replayed += replayed
             self.expired += expired
@@ -325,6 +333,17 @@ class RunStats:
                 f" replayed {self.replayed:,} | model {self.model}{waves}"
             )
 
+    def _scoring_cpu(self) -> dict[str, float]:
+        """Wall and CPU seconds from the first counted batch to the latest (caller holds the lock).
+
+        The CPU is the whole process's (the worker, librdkafka's and RocksDB's threads), so
+        `scoring_cpu_s / scored` is what an event costs this process at this run's rate.
+        """
+        if self.scoring_from is None or self.scoring_to is None:
+            return {"scoring_s": 0.0, "scoring_cpu_s": 0.0}
+        (w0, c0), (w1, c1) = self.scoring_from, self.scoring_to
+        return {"scoring_s": round(w1 - w0, 3), "scoring_cpu_s": round(c1 - c0, 3)}
+
     def summary(self) -> dict[str, object]:
         """Totals of the run so far."""
         with self.lock:
@@ -345,6 +364,7 @@ class RunStats:
                 "input_lost": sum(self.input_lost.values()),
                 "elapsed_s": round(elapsed, 3),
                 "events_per_s": round(self.scored / elapsed, 1) if elapsed > 0 else 0.0,
+                **self._scoring_cpu(),
                 "p50_ms": _percentile(self.total.hist, 0.50),
                 "p99_ms": _percentile(self.total.hist, 0.99),
                 "p999_ms": _percentile(self.total.hist, 0.999),

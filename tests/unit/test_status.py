@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -92,7 +93,7 @@ def test_histograms_added_up_in_groups_equal_each_batch_added_at_once() -> None:
     # Every reader adds up what is gathered first: the summaries are the same.
     s1, s2 = at_once.summary(), grouped.summary()
     for s in (s1, s2):
-        del s["elapsed_s"], s["events_per_s"]
+        del s["elapsed_s"], s["events_per_s"], s["scoring_s"], s["scoring_cpu_s"]
     assert s1 == s2
     for name in ("batch_sizes", "inference_seconds", "latency_seconds"):
         h1, h2 = getattr(at_once, name), getattr(grouped, name)
@@ -115,3 +116,20 @@ def test_a_reader_sees_batches_not_yet_added_up() -> None:
     assert stats.latency_seconds.count == 0  # gathered, not yet added up
     summary = stats.summary()
     assert summary["p99_ms"] > 30.0 and stats.latency_seconds.count == 2
+
+
+def test_summary_says_what_scoring_cost_the_process_without_its_start_up() -> None:
+    stats = RunStats()
+    assert (stats.summary()["scoring_s"], stats.summary()["scoring_cpu_s"]) == (0.0, 0.0)
+    lat = np.array([1.0, 2.0])
+    probs, labels = np.array([0.1, 0.9], np.float32), np.array([0, 1])
+    time.sleep(0.2)  # start-up: not counted
+    stats.record_scored(lat, probs, labels, 0, 0)
+    burn = time.process_time() + 0.15
+    while time.process_time() < burn:  # the process works between the first and last batch
+        pass
+    stats.record_scored(lat, probs, labels, 0, 0)
+    s = stats.summary()
+    assert 0.15 <= s["scoring_cpu_s"] < 0.5
+    assert s["scoring_s"] >= 0.9 * s["scoring_cpu_s"]  # one busy thread: wall >= CPU
+    assert s["elapsed_s"] - s["scoring_s"] >= 0.19  # the sleep before the first batch

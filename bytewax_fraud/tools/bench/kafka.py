@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -43,6 +44,7 @@ from bytewax_fraud.tools.bench.config import (
 from bytewax_fraud.tools.bench.runner import (
     LATENCY,
     PRED_POS,
+    cpu_seconds,
     percentiles,
     start_processes,
     tail,
@@ -86,9 +88,12 @@ def run_kafka(
 
     env = kafka_env(cfg, broker, run.prefix, t_in, t_pred, t_dl, d, root=job_root)
     env.update(extra_env or {})
+    broker_cpu = _broker_cpu(broker)
     codes = _run_to_end(name, env, d, processes, job_root)
+    broker_cpu = _broker_cpu(broker) - broker_cpu
     ts, lat = _read_predictions(cfg, name, run, events)
     summary_rate, dead = _summaries(d, processes)
+    cpu = _cpu_per_event(d, processes, broker_cpu, events)
     rate, skip = topic_rate(ts, cfg.warmup_s, events, summary_rate)
     p50, p99, p999 = percentiles(lat[skip:])
     admin_client(run.conn.admin()).delete_topics([t_in, t_pred, t_dl], operation_timeout=10)
@@ -111,8 +116,40 @@ def run_kafka(
             "warmup_skipped": skip,
             "produce_s": round(produce_s, 3),
             "produce_msg_per_s": round(events / max(produce_s, 1e-9), 1),
+            **cpu,
         },
     )
+
+
+def _broker_cpu(broker: Broker) -> float:
+    """The broker's CPU seconds so far; NaN for one not started here (its /proc is not ours)."""
+    used = cpu_seconds(broker.process.pid) if broker.process is not None else None
+    return math.nan if used is None else used
+
+
+def _cpu_per_event(d: Path, processes: int, broker_cpu_s: float, events: int) -> dict[str, float]:
+    """What an event cost in CPU: the job's processes while they scored, the broker over the run.
+
+    The job's figure is from its summaries (`scoring_cpu_s`: every thread of each process,
+    from its first scored batch to its last, so start-up is left out); the broker's covers
+    the job's whole run (it idles while the job starts). Together they say how many events
+    a second the job and the broker can share on this machine's cores, whatever the split.
+    """
+    summaries = [json.loads((d / f"summary-{i}.json").read_text()) for i in range(processes)]
+    job_cpu = sum(float(x["scoring_cpu_s"]) for x in summaries)
+    scored = sum(int(x["scored"]) for x in summaries)
+    job_us = 1e6 * job_cpu / max(scored, 1)
+    broker_us = 1e6 * broker_cpu_s / max(events, 1)
+    cores = os.cpu_count() or 1
+    return {
+        "job_cpu_us_per_event": round(job_us, 2),
+        "job_cores_while_scoring": round(
+            sum(float(x["scoring_cpu_s"]) / max(float(x["scoring_s"]), 1e-9) for x in summaries), 2
+        ),
+        "broker_cpu_us_per_event": round(broker_us, 2),
+        "cores": cores,
+        "cpu_bound_events_per_s": round(cores * 1e6 / (job_us + broker_us), 1),
+    }
 
 
 def _run_to_end(

@@ -105,6 +105,7 @@ def format_report(report: dict[str, Any]) -> str:
             f" from the {k['rate_from']} (job summary, start to end:"
             f" {k['summary_events_per_s']:,.0f} ev/s); dead letters {k['dead_letters'] or 0}"
         )
+        out += format_kafka_cpu(report["variants"])
     elif k:
         out.append(f"kafka-1w: skipped ({k['reason']})")
     for t in report.get("ratios", {}).get("targets", []):
@@ -138,3 +139,30 @@ def format_report(report: dict[str, Any]) -> str:
     if reader:
         out += ["", *format_reader(reader)]
     return "\n".join(out)
+
+
+def format_kafka_cpu(variants: dict[str, Any]) -> list[str]:
+    """Per Kafka backlog variant: what an event cost the job and the broker in CPU.
+
+    With both on the same cores, `cores / (job + broker)` events a second is the most
+    they can do together, so a ratio to kafka-1w cannot exceed that over kafka-1w's rate.
+    """
+    out = []
+    for name, r in variants.items():
+        e = r["extra"]
+        if not name.startswith("kafka-") or "job_cpu_us_per_event" not in e:
+            continue
+        share = r["events_per_s"] / e["cpu_bound_events_per_s"]
+        out.append(
+            f"{name}: CPU per event: job {e['job_cpu_us_per_event']:.1f} us"
+            f" ({e['job_cores_while_scoring']:.2f} cores while scoring), broker"
+            f" {e['broker_cpu_us_per_event']:.1f} us; {e['cores']} cores carry at most"
+            f" {e['cpu_bound_events_per_s']:,.0f} ev/s of both: this run did {share:.0%} of it"
+        )
+        one = variants.get("kafka-1w")
+        if name != "kafka-1w" and one is not None:
+            out.append(
+                f"  so {name} / kafka-1w cannot exceed"
+                f" {e['cpu_bound_events_per_s'] / one['events_per_s']:.2f} on these cores"
+            )
+    return out

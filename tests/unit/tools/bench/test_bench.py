@@ -14,6 +14,7 @@ import numpy as np
 
 from bytewax_fraud.tools.bench.broker import topic_rate
 from bytewax_fraud.tools.bench.cli import main, parse_args
+from bytewax_fraud.tools.bench.report import format_kafka_cpu
 from bytewax_fraud.tools.local_broker import BrokerUnavailable, kafka_libs
 
 
@@ -55,6 +56,13 @@ def test_quick_benchmark_reports_every_variant(tmp_path: Path) -> None:
         assert kafka["produce_msg_per_s"] > 0 and kafka["dead_letters"] == {}
         assert variants["kafka-1w"]["events"] == variants["embedded-1w"]["events"]
         assert variants["kafka-2p"]["extra"]["processes"] == 2
+        # What an event cost the job (both processes, start-up left out) and the broker.
+        for name in ("kafka-1w", "kafka-2p"):
+            e = variants[name]["extra"]
+            assert e["job_cpu_us_per_event"] > 1, e
+            assert 0 < e["job_cores_while_scoring"] <= 2 * e["cores"], e
+            if kafka["broker"].startswith("Apache Kafka, started here"):  # its /proc is ours
+                assert e["broker_cpu_us_per_event"] > 0 and e["cpu_bound_events_per_s"] > 0, e
         # The outside reader's view: every path at each load, with its margin over the broker.
         reader = kafka["outside_reader"]
         assert {(p["variant"], p["load"]) for p in reader["points"]} == {
@@ -120,3 +128,22 @@ def test_topic_rate_counts_after_the_first_timestamp_and_skips_the_warmup() -> N
     assert rate == 4 / 1.0  # 4 messages after t0, over 1 s
     assert skip == 3  # 1000, 1000, 1100 are within 150 ms of the first
     assert topic_rate(ts[:2], 0.0, 2, fallback=7.0) == (7.0, 0)  # too short a span
+
+
+def test_kafka_cpu_lines_bound_the_ratio_by_the_cores() -> None:
+    def variant(rate: float, job_us: float, broker_us: float) -> dict[str, object]:
+        extra = {
+            "job_cpu_us_per_event": job_us,
+            "job_cores_while_scoring": 1.0,
+            "broker_cpu_us_per_event": broker_us,
+            "cores": 2,
+            "cpu_bound_events_per_s": 2e6 / (job_us + broker_us),
+        }
+        return {"events_per_s": rate, "extra": extra}
+
+    lines = format_kafka_cpu(
+        {"kafka-1w": variant(40_000, 25, 5), "kafka-2p": variant(64_000, 27, 5)}
+    )
+    assert lines[0].startswith("kafka-1w: CPU per event: job 25.0 us") and "66,667 ev/s" in lines[0]
+    assert "62,500 ev/s of both: this run did 102% of it" in lines[1]
+    assert lines[2] == "  so kafka-2p / kafka-1w cannot exceed 1.56 on these cores"
