@@ -23,6 +23,7 @@ versions on one broker and one machine).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -63,8 +64,10 @@ _OWN_ROOT = ROOT
 #: `python -m bytewax.run dataflows.fraud`) and with it (`alo-r`: `python -m bytewax_fraud`
 #: with a recovery directory and the default 5 s snapshots, as `make run` runs it; each
 #: snapshot pauses the input while the epoch drains); the job exactly-once (the same, with
-#: transactions committed in the background every `commit_interval`, read read_committed).
-VARIANTS = ("broker", "alo", "alo-r", "eos")
+#: transactions committed in the background every `commit_interval`, read read_committed);
+#: and `alo` on topics of one partition (`alo-1p`): each partition a worker owns is one
+#: scoring call per read, so this is the most that fewer, larger calls could give.
+VARIANTS = ("broker", "alo", "alo-r", "eos", "alo-1p")
 
 
 #: A prediction's own latency: its input's read by the job -> its line built (ms).
@@ -198,6 +201,8 @@ def point(
     job_env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """One variant (see `VARIANTS`) at one rate: the reader's latency percentiles."""
+    if variant == "alo-1p":
+        cfg = dataclasses.replace(cfg, partitions=1)
     run = kafka_run(cfg, broker, workdir, f"reader-{variant}", "reader")
     d, prefix, t_in, t_pred, t_dl = run.dir, run.prefix, run.t_in, run.t_pred, run.t_dl
     conn = run.conn
@@ -269,6 +274,7 @@ def point(
     p50, p99, p999 = (round(float(np.percentile(lat, q)), 1) for q in (50, 99, 99.9))
     return {
         "variant": variant,
+        "partitions": cfg.partitions,
         "offered_per_s": round(rate, 1),
         "events": events,
         "received": int(rows.shape[0]),

@@ -66,16 +66,17 @@ def test_quick_benchmark_reports_every_variant(tmp_path: Path) -> None:
         # The outside reader's view: every path at each load, with its margin over the broker.
         reader = kafka["outside_reader"]
         assert {(p["variant"], p["load"]) for p in reader["points"]} == {
-            (v, 0.5) for v in ("broker", "alo", "alo-r", "eos")
+            (v, 0.5) for v in ("broker", "alo", "alo-r", "eos", "alo-1p")
         }
         for p in reader["points"]:
             assert p["counted"] > 0 and 0 <= p["p50_ms"] <= p["p99_ms"], p
+            assert p["partitions"] == (1 if p["variant"] == "alo-1p" else 4), p
             parts = {"to_job", "in_job", "to_reader"} if p["variant"] != "broker" else set()
             assert set(p["segments_ms"]) == parts, p
             assert p["cpu_cores"]["all"] > 0 and "producer" in p["cpu_cores"], p
         # --quick: one warm-up round, however busy the broker's JIT still is.
         assert reader["warmup"]["rounds"] == 1 and reader["warmup"]["jit_share"] is not None
-        assert set(reader["p99_over_broker_ms"]["50%"]) == {"alo", "alo-r", "eos"}
+        assert set(reader["p99_over_broker_ms"]["50%"]) == {"alo", "alo-r", "eos", "alo-1p"}
     else:
         assert kafka["ran"] is False and kafka["reason"]
     assert set(variants) == expected
