@@ -56,6 +56,7 @@ def plot(report: dict[str, Any], path: Path) -> bool:
         "alo": ("tab:green", "Kafka at-least-once"),
         "alo-r": ("tab:olive", "Kafka at-least-once, 5 s snapshots"),
         "eos": ("tab:purple", "Kafka exactly-once"),
+        "broker-1p": ("gray", "broker alone, 1 partition"),
         "alo-1p": ("tab:cyan", "Kafka at-least-once, 1 partition"),
     }
     for variant, (color, label) in reader_styles.items():

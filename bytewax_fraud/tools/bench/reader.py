@@ -65,9 +65,16 @@ _OWN_ROOT = ROOT
 #: with a recovery directory and the default 5 s snapshots, as `make run` runs it; each
 #: snapshot pauses the input while the epoch drains); the job exactly-once (the same, with
 #: transactions committed in the background every `commit_interval`, read read_committed);
-#: and `alo` on topics of one partition (`alo-1p`): each partition a worker owns is one
-#: scoring call per read, so this is the most that fewer, larger calls could give.
-VARIANTS = ("broker", "alo", "alo-r", "eos", "alo-1p")
+#: and the broker alone and `alo` on topics of one partition (`broker-1p`, `alo-1p`): each
+#: partition a worker owns is one scoring call per read, and one consumer.
+VARIANTS = ("broker", "alo", "alo-r", "eos", "broker-1p", "alo-1p")
+#: The variants that measure the broker alone, and which one each job variant is set against.
+BROKERS = ("broker", "broker-1p")
+
+
+def baseline(variant: str) -> str:
+    """The broker-alone variant on topics like `variant`'s."""
+    return "broker-1p" if variant.endswith("-1p") else "broker"
 
 
 #: A prediction's own latency: its input's read by the job -> its line built (ms).
@@ -201,7 +208,7 @@ def point(
     job_env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """One variant (see `VARIANTS`) at one rate: the reader's latency percentiles."""
-    if variant == "alo-1p":
+    if variant.endswith("-1p"):
         cfg = dataclasses.replace(cfg, partitions=1)
     run = kafka_run(cfg, broker, workdir, f"reader-{variant}", "reader")
     d, prefix, t_in, t_pred, t_dl = run.dir, run.prefix, run.t_in, run.t_pred, run.t_dl
@@ -211,7 +218,7 @@ def point(
     msgs = list(generated(cfg.users, cfg.seed, _PILOT + events))
     producer = input_producer(conn)
     job = None
-    if variant != "broker":
+    if variant not in BROKERS:
         env = kafka_env(cfg, broker, prefix, t_in, t_pred, t_dl, d)
         env.pop("FRAUD_KAFKA_STOP_AT_END")
         env["PYTHONPATH"] = str(job_root)
@@ -324,7 +331,7 @@ def warm_up(
     brokers are warm, so the rounds repeat until the compilers used less than `settled`
     of a core over one, or `max_s` has passed (a broker not started here: one round).
     """
-    warm = ["broker", *[v for v in variants if v != "broker"][:1]]
+    warm = ["broker", *[v for v in variants if v not in BROKERS][:1]]
     start = time.monotonic()
     rounds = 0
     while True:
@@ -380,7 +387,8 @@ def measure_reader(
 
     Returns:
         `points` (one dict per variant and load) and, per load, the p99 of each
-        variant minus the broker alone's (`p99_over_broker_ms`).
+        job variant minus the broker alone's on topics of as many partitions
+        (`p99_over_broker_ms`).
     """
     points: list[dict[str, Any]] = []
     over: dict[str, dict[str, float]] = {}
@@ -409,10 +417,13 @@ def measure_reader(
                 + (f"; {format_segments(r['segments_ms'])}" if r["segments_ms"] else "")
                 + f"; cores {format_cores(r['cpu_cores'])}"
             )
-        if "broker" in row:
-            over[f"{frac:.0%}"] = {
-                v: round(p99 - row["broker"], 1) for v, p99 in row.items() if v != "broker"
-            }
+        margins = {
+            v: round(p99 - row[baseline(v)], 1)
+            for v, p99 in row.items()
+            if v not in BROKERS and baseline(v) in row
+        }
+        if margins:
+            over[f"{frac:.0%}"] = margins
     return {
         "latency": "reader's receive time - producer's stamp before produce(), per message",
         "warmup": {k: v for k, v in warmup.items() if k != "text"},
@@ -459,7 +470,7 @@ def format_reader(reader: dict[str, Any]) -> list[str]:
             out.append(f"  {r['variant']} {r['load']:.0%}, cores used while paced: {cores}")
     for load, margins in reader["p99_over_broker_ms"].items():
         text = ", ".join(f"{v} +{m} ms" for v, m in margins.items())
-        out.append(f"p99 over the broker alone at {load}: {text}")
+        out.append(f"p99 over the broker alone (on topics alike) at {load}: {text}")
     return out
 
 
