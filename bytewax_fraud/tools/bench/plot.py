@@ -58,6 +58,7 @@ def plot(report: dict[str, Any], path: Path) -> bool:
         "eos": ("tab:purple", "Kafka exactly-once"),
         "broker-1p": ("gray", "broker alone, 1 partition"),
         "alo-1p": ("tab:cyan", "Kafka at-least-once, 1 partition"),
+        "eos-1p": ("tab:pink", "Kafka exactly-once, 1 partition"),
     }
     for variant, (color, label) in reader_styles.items():
         pts = [r for r in reader.get("points", []) if r["variant"] == variant]

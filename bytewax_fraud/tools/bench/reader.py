@@ -65,9 +65,10 @@ _OWN_ROOT = ROOT
 #: with a recovery directory and the default 5 s snapshots, as `make run` runs it; each
 #: snapshot pauses the input while the epoch drains); the job exactly-once (the same, with
 #: transactions committed in the background every `commit_interval`, read read_committed);
-#: and the broker alone and `alo` on topics of one partition (`broker-1p`, `alo-1p`): each
-#: partition a worker owns is one scoring call per read, and one consumer.
-VARIANTS = ("broker", "alo", "alo-r", "eos", "broker-1p", "alo-1p")
+#: and the broker alone, at-least-once and exactly-once on topics of one partition
+#: (`broker-1p`, `alo-1p`, `eos-1p`): each partition a worker owns is one scoring call per
+#: read, one consumer and one transaction.
+VARIANTS = ("broker", "alo", "alo-r", "eos", "broker-1p", "alo-1p", "eos-1p")
 #: The variants that measure the broker alone, and which one each job variant is set against.
 BROKERS = ("broker", "broker-1p")
 
@@ -208,7 +209,8 @@ def point(
     job_env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """One variant (see `VARIANTS`) at one rate: the reader's latency percentiles."""
-    if variant.endswith("-1p"):
+    kind = variant.removesuffix("-1p")
+    if kind != variant:
         cfg = dataclasses.replace(cfg, partitions=1)
     run = kafka_run(cfg, broker, workdir, f"reader-{variant}", "reader")
     d, prefix, t_in, t_pred, t_dl = run.dir, run.prefix, run.t_in, run.t_pred, run.t_dl
@@ -223,11 +225,11 @@ def point(
         env.pop("FRAUD_KAFKA_STOP_AT_END")
         env["PYTHONPATH"] = str(job_root)
         cmd = [sys.executable, "-m", "bytewax.run", "dataflows.fraud"]
-        if variant in ("alo-r", "eos"):  # as `make run` runs it: resumable, with snapshots
+        if kind in ("alo-r", "eos"):  # as `make run` runs it: resumable, with snapshots
             env["FRAUD_RECOVERY_DIR"] = str(d / "recovery")
             cmd = [sys.executable, "-m", "bytewax_fraud"]
             (d / "state").rename(d / "state-unused")
-        if variant == "eos":  # transactions committed every interval, in the background
+        if kind == "eos":  # transactions committed every interval, in the background
             env["FRAUD_KAFKA_DELIVERY"] = "exactly-once"
             env["FRAUD_KAFKA_COMMIT_INTERVAL"] = str(commit_interval)
         env.update(job_env or {})
@@ -245,7 +247,7 @@ def point(
             str(cfg.partitions),
             str(_PILOT + events),
             str(out),
-            "1" if variant == "eos" else "0",
+            "1" if kind == "eos" else "0",
         ],
         env={**os.environ, "PYTHONPATH": str(_OWN_ROOT)},
     )
@@ -291,6 +293,13 @@ def point(
         "p999_ms": p999,
         "max_ms": round(float(lat.max()), 1),
         "segments_ms": segments_ms(got, at) if job is not None else {},
+        # The prediction's CreateTime minus the stamp: input CreateTime -> prediction
+        # CreateTime (the input's is set in `produce()`, just after the stamp), ms resolution.
+        "to_createtime_ms": (
+            [round(float(np.percentile((got[:, 3] - at) * 1000.0, q)), 1) for q in (50, 99)]
+            if job is not None
+            else []
+        ),
         "cpu_cores": cores,
     }
 
@@ -415,6 +424,7 @@ def measure_reader(
                 f"  reader {v} @{frac:.0%} ({r['offered_per_s']:,.0f}/s, {r['counted']} counted):"
                 f" p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, p99.9 {r['p999_ms']} ms"
                 + (f"; {format_segments(r['segments_ms'])}" if r["segments_ms"] else "")
+                + (f"; {format_createtime(r)}" if r["to_createtime_ms"] else "")
                 + f"; cores {format_cores(r['cpu_cores'])}"
             )
         margins = {
@@ -441,6 +451,12 @@ def format_segments(segments: dict[str, list[float]]) -> str:
     return f"p50/p99 ms {parts}"
 
 
+def format_createtime(point: dict[str, Any]) -> str:
+    """`to_createtime_ms` as text."""
+    p50, p99 = point["to_createtime_ms"]
+    return f"input CreateTime -> prediction CreateTime p50/p99 ms {p50}/{p99}"
+
+
 def format_cores(cores: dict[str, float]) -> str:
     """`cpu_cores` as text: each process's share, then the sum."""
     return ", ".join(f"{k} {v}" for k, v in cores.items())
@@ -463,6 +479,8 @@ def format_reader(reader: dict[str, Any]) -> list[str]:
     for r in reader["points"]:
         if r.get("segments_ms"):
             seg = format_segments(r["segments_ms"])
+            if r.get("to_createtime_ms"):
+                seg += f"; {format_createtime(r)}"
             out.append(f"  {r['variant']} {r['load']:.0%}, where the time went: {seg}")
     for r in reader["points"]:
         if r.get("cpu_cores"):

@@ -66,23 +66,31 @@ def test_quick_benchmark_reports_every_variant(tmp_path: Path) -> None:
         # The outside reader's view: every path at each load, with its margin over the broker.
         reader = kafka["outside_reader"]
         assert {(p["variant"], p["load"]) for p in reader["points"]} == {
-            (v, 0.5) for v in ("broker", "alo", "alo-r", "eos", "broker-1p", "alo-1p")
+            (v, 0.5) for v in ("broker", "alo", "alo-r", "eos", "broker-1p", "alo-1p", "eos-1p")
         }
         for p in reader["points"]:
             assert p["counted"] > 0 and 0 <= p["p50_ms"] <= p["p99_ms"], p
             assert p["partitions"] == (1 if p["variant"].endswith("-1p") else 4), p
             brokers = ("broker", "broker-1p")
             parts = {"to_job", "in_job", "to_reader"} if p["variant"] not in brokers else set()
+            assert len(p["to_createtime_ms"]) == (0 if p["variant"] in brokers else 2), p
             assert set(p["segments_ms"]) == parts, p
             assert p["cpu_cores"]["all"] > 0 and "producer" in p["cpu_cores"], p
         # --quick: one warm-up round, however busy the broker's JIT still is.
         assert reader["warmup"]["rounds"] == 1 and reader["warmup"]["jit_share"] is not None
-        assert set(reader["p99_over_broker_ms"]["50%"]) == {"alo", "alo-r", "eos", "alo-1p"}
+        assert set(reader["p99_over_broker_ms"]["50%"]) == {
+            "alo",
+            "alo-r",
+            "eos",
+            "alo-1p",
+            "eos-1p",
+        }
         # Each job path against the broker alone on topics of as many partitions.
         p99 = {p["variant"]: p["p99_ms"] for p in reader["points"]}
         over = reader["p99_over_broker_ms"]["50%"]
         assert over["alo"] == round(p99["alo"] - p99["broker"], 1)
         assert over["alo-1p"] == round(p99["alo-1p"] - p99["broker-1p"], 1)
+        assert over["eos-1p"] == round(p99["eos-1p"] - p99["broker-1p"], 1)
     else:
         assert kafka["ran"] is False and kafka["reason"]
     assert set(variants) == expected
