@@ -17,7 +17,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -92,8 +92,9 @@ def run_kafka(
     codes = _run_to_end(name, env, d, processes, job_root)
     broker_cpu = _broker_cpu(broker) - broker_cpu
     ts, lat = _read_predictions(cfg, name, run, events)
-    summary_rate, dead = _summaries(d, processes)
-    cpu = _cpu_per_event(d, processes, broker_cpu, events)
+    summaries = _read_summaries(d, processes)
+    summary_rate, dead = _summaries(summaries)
+    cpu = _cpu_per_event(summaries, broker_cpu, events)
     rate, skip = topic_rate(ts, cfg.warmup_s, events, summary_rate)
     p50, p99, p999 = percentiles(lat[skip:])
     admin_client(run.conn.admin()).delete_topics([t_in, t_pred, t_dl], operation_timeout=10)
@@ -127,7 +128,9 @@ def _broker_cpu(broker: Broker) -> float:
     return math.nan if used is None else used
 
 
-def _cpu_per_event(d: Path, processes: int, broker_cpu_s: float, events: int) -> dict[str, float]:
+def _cpu_per_event(
+    summaries: list[dict[str, Any]], broker_cpu_s: float, events: int
+) -> dict[str, float]:
     """What an event cost in CPU: the job's processes while they scored, the broker over the run.
 
     The job's figure is from its summaries (`scoring_cpu_s`: every thread of each process,
@@ -135,7 +138,6 @@ def _cpu_per_event(d: Path, processes: int, broker_cpu_s: float, events: int) ->
     the job's whole run (it idles while the job starts). Together they say how many events
     a second the job and the broker can share on this machine's cores, whatever the split.
     """
-    summaries = [json.loads((d / f"summary-{i}.json").read_text()) for i in range(processes)]
     job_cpu = sum(float(x["scoring_cpu_s"]) for x in summaries)
     scored = sum(int(x["scored"]) for x in summaries)
     job_us = 1e6 * job_cpu / max(scored, 1)
@@ -194,9 +196,13 @@ def _read_predictions(
     return np.asarray(ts_ms, np.int64)[order], np.asarray(lat_ms, np.float64)[order]
 
 
-def _summaries(d: Path, processes: int) -> tuple[float, dict[str, int]]:
+def _read_summaries(d: Path, processes: int) -> list[dict[str, Any]]:
+    """The job processes' end-of-run summaries (`FRAUD_SUMMARY_FILE`), process 0 first."""
+    return [json.loads((d / f"summary-{i}.json").read_text()) for i in range(processes)]
+
+
+def _summaries(summaries: list[dict[str, Any]]) -> tuple[float, dict[str, int]]:
     """The job summaries' events/s (summed over the processes) and dead letters by reason."""
-    summaries = [json.loads((d / f"summary-{i}.json").read_text()) for i in range(processes)]
     summary_rate = sum(float(x["events_per_s"]) for x in summaries)
     dead: dict[str, int] = {}
     for x in summaries:
